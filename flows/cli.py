@@ -1,0 +1,229 @@
+"""The `trml` command: one subcommand per pipeline stage (dvc.yaml calls these).
+
+Orchestration only: each handler validates params.yaml first, then calls into
+features/ (media -> Parquet), flows/ (Prefect) or trml/ (Parquet -> models and metrics).
+Heavy imports happen inside handlers so that `trml --help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from features.adapters import AdapterError
+from flows.params import ParamsError, load_params
+
+log = logging.getLogger("trml")
+
+
+def _params(args):
+    return load_params(args.params)
+
+
+def cmd_sample(args) -> int:
+    from features.sample import generate_sample
+    p = _params(args)
+    cfg = p.sample if args.size is None else p.sample.model_copy(update={"size": args.size})
+    summary = generate_sample(Path(args.out), cfg)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_index(args) -> int:
+    from features.adapters import index_dataset
+    p = _params(args)
+    if args.layout is None and args.root is None:
+        ds = p.dataset(args.dataset)
+    else:
+        if args.layout is None or args.root is None:
+            raise SystemExit("error: give both --layout and --root, or neither (then params.yaml's "
+                             f"datasets entry {args.dataset!r} is used)")
+        base = p.dataset(args.dataset).model_dump() if any(d.name == args.dataset for d in p.datasets) else {}
+        base.update(name=args.dataset, layout=args.layout, root=args.root)
+        if args.task:
+            base["task"] = args.task
+        from features.config import DatasetConfig
+        ds = DatasetConfig.model_validate(base)
+    out = Path(args.out) if args.out else Path("data/index") / f"{ds.name}.parquet"
+    summary = index_dataset(ds, out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from flows.extract import run_extraction
+    p = _params(args)
+    ds = p.dataset(args.dataset)
+    sets = list(ds.feature_sets) if args.all else [args.feature_set]
+    if not args.all and args.feature_set is None:
+        raise SystemExit("error: give --feature-set SET or --all")
+    paths = run_extraction(p, ds.name, sets, runner=args.runner, dask_address=args.dask_address)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from trml.train import train
+    p = _params(args)
+    ds = p.dataset(args.dataset)
+    cfg = p.train if args.variant is None else p.train.model_copy(update={"variant": args.variant})
+    train(ds.name, p.model, cfg, data_dir=Path(args.data_dir), models_dir=Path(args.models_dir))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from trml.evaluate import evaluate
+    p = _params(args)
+    ds = p.dataset(args.dataset)
+    evaluate(ds.name, p.model, p.train, p.evaluate, data_dir=Path(args.data_dir),
+             models_dir=Path(args.models_dir), metrics_dir=Path(args.metrics_dir),
+             plots_dir=Path(args.plots_dir))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from trml.compare import compare
+    p = _params(args)
+    ds = p.dataset(args.dataset)
+    compare(ds.name, p.model, p.train, p.evaluate, p.compare, data_dir=Path(args.data_dir),
+            models_dir=Path(args.models_dir), metrics_dir=Path(args.metrics_dir),
+            plots_dir=Path(args.plots_dir))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from flows.bench import run_bench
+    p = _params(args)
+    run_bench(p, sizes=args.sizes, feature_sets=args.feature_set, out=Path(args.out) if args.out else None)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from flows.serve import serve
+    p = _params(args)
+    serve(p, root=Path(args.root), dataset=args.dataset, cron=args.cron, feature_sets=args.feature_set)
+    return 0
+
+
+def cmd_show_metrics(args) -> int:
+    metrics_dir = Path(args.metrics_dir)
+    files = sorted(metrics_dir.glob("*.json"))
+    if not files:
+        print(f"no metrics in {metrics_dir}/ yet (run `dvc repro`)")
+        return 1
+    for f in files:
+        print(f"== {f}")
+        data = json.loads(f.read_text())
+        _print_metrics_table(data)
+    return 0
+
+
+def _print_metrics_table(data: dict) -> None:
+    """Print {group: {rate: {metric: value}}} as one table per group."""
+    for group, by_rate in data.items():
+        if not isinstance(by_rate, dict) or not by_rate:
+            continue
+        metrics = sorted({m for v in by_rate.values() if isinstance(v, dict) for m in v})
+        print(f"-- {group}")
+        print(f"{'':>14}" + "".join(f"{m:>11}" for m in metrics))
+        for rate, vals in by_rate.items():
+            if isinstance(vals, dict):
+                print(f"{rate:>14}" + "".join(
+                    f"{vals[m]:>11.4f}" if isinstance(vals.get(m), (int, float)) else f"{'-':>11}"
+                    for m in metrics))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="trml",
+        description="TRML pipeline: sample -> index -> extract -> train -> evaluate -> compare. "
+                    "Every subcommand reads params.yaml (validated first).")
+    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("sample", help="write the built-in sample benchmark (MMSA layout)",
+                       description="Generate the deterministic sample benchmark: real H.264+AAC mp4 "
+                                   "clips and label.csv, with a few deliberately defective clips.")
+    s.add_argument("--out", default="data/raw/sample", help="output folder (default: data/raw/sample)")
+    s.add_argument("--size", type=int, default=None, help="number of clips (default: params sample.size)")
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("index", help="write the manifest Parquet of a raw dataset",
+                       description="Read a raw layout (mmsa, meld or folder) and write "
+                                   "data/index/<dataset>.parquet, one row per utterance.")
+    s.add_argument("--dataset", required=True, help="dataset name (a params.yaml datasets entry, or a new name)")
+    s.add_argument("--layout", choices=["mmsa", "meld", "folder"], help="raw layout (default: from params)")
+    s.add_argument("--root", help="raw dataset folder (default: from params)")
+    s.add_argument("--task", choices=["regression", "classification"], help="override the task")
+    s.add_argument("--out", help="manifest path (default: data/index/<dataset>.parquet)")
+    s.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("extract", help="extract feature sets into Parquet (a Prefect flow)",
+                       description="Run the Prefect extraction flow over a dataset's manifest and write "
+                                   "data/features/<dataset>/<feature_set>.parquet.")
+    s.add_argument("--dataset", required=True)
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--feature-set", choices=["text_clip", "text_minilm", "vision_clip",
+                                             "audio_librosa", "face_mediapipe"])
+    g.add_argument("--all", action="store_true", help="every feature set listed for the dataset")
+    s.add_argument("--runner", choices=["thread", "dask"], default=None, help="default: params extract.runner")
+    s.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
+    s.set_defaults(func=cmd_extract)
+
+    for name, func, helptext in [
+        ("train", cmd_train, "train TRML (or a variant) on a dataset's feature tables"),
+        ("evaluate", cmd_evaluate, "evaluate the trained model at every test missing rate and pattern"),
+        ("compare", cmd_compare, "train and evaluate every variant; write <dataset>_compare.json and plots"),
+    ]:
+        s = sub.add_parser(name, help=helptext, description=helptext)
+        s.add_argument("--dataset", required=True)
+        s.add_argument("--data-dir", default="data")
+        s.add_argument("--models-dir", default="models")
+        if name == "train":
+            s.add_argument("--variant", choices=["trml", "zero_fill", "no_sml", "upper_bound"],
+                           default=None, help="default: params train.variant")
+        else:
+            s.add_argument("--metrics-dir", default="metrics")
+            s.add_argument("--plots-dir", default="plots")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("bench", help="benchmark extraction: throughput, overhead ratio, peak memory",
+                       description="Time each feature set on the sample benchmark against the bare model "
+                                   "forward on the same inputs, and measure peak RSS of `trml extract --all`.")
+    s.add_argument("--sizes", type=int, nargs="+", default=None, help="sample sizes for the memory runs")
+    s.add_argument("--feature-set", nargs="+", default=None)
+    s.add_argument("--out", default=None, help="write the results as JSON here")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("serve", help="schedule extraction over a raw folder with cron (Prefect)",
+                       description="Serve a Prefect deployment that indexes and extracts a raw folder "
+                                   "on a cron schedule. Uses PREFECT_API_URL when set.")
+    s.add_argument("--root", required=True, help="raw folder of videos (folder layout)")
+    s.add_argument("--dataset", required=True, help="dataset name for the outputs")
+    s.add_argument("--cron", default="0 * * * *", help="cron schedule (default: hourly)")
+    s.add_argument("--feature-set", nargs="+", default=None)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("show-metrics", help="print metrics/*.json as tables")
+    s.add_argument("--metrics-dir", default="metrics")
+    s.set_defaults(func=cmd_show_metrics)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args) or 0
+    except (ParamsError, AdapterError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""params.yaml validation: unknown keys, wrong types and out-of-range values name the key and the fix."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.params import ParamsError, load_params
+from tests.conftest import ROOT
+
+
+def write_params(tmp_path: Path, mutate) -> Path:
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    mutate(data)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_project_params_are_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p.datasets[0].name == "sample"
+    assert p.extract.clip.pretrained is None  # the demo's CLIP is random-init, said everywhere
+    assert p.model.modalities.text == "text_minilm"
+
+
+@pytest.mark.parametrize("mutate, key, words", [
+    (lambda d: d["train"].update(alpah=0.5), "train.alpah", "unknown key"),
+    (lambda d: d["train"].update(alpha="lots"), "train.alpha", "'lots'"),
+    (lambda d: d["train"].update(missing_rate=1.5), "train.missing_rate", "less than 1"),
+    (lambda d: d["extract"]["vision_clip"].update(n_frames=0), "extract.vision_clip.n_frames", "greater than or equal to 1"),
+    (lambda d: d["datasets"][0].update(layout="csv"), "datasets.0.layout", "'mmsa', 'meld' or 'folder'"),
+    (lambda d: d.update(extra_section={}), "extra_section", "unknown key"),
+    (lambda d: d["datasets"].append(dict(d["datasets"][0])), "", "repeated: ['sample']"),
+])
+def test_bad_params_name_the_key(tmp_path, mutate, key, words):
+    path = write_params(tmp_path, mutate)
+    with pytest.raises(ParamsError) as exc:
+        load_params(path)
+    msg = str(exc.value)
+    assert str(path) in msg
+    assert key in msg
+    assert words in msg
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ParamsError, match="top level must be a mapping"):
+        load_params(bad)
+
+
+def test_cli_reports_params_error_without_traceback(tmp_path):
+    path = write_params(tmp_path, lambda d: d["train"].update(epochs=-1))
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "--params", str(path), "index",
+                           "--dataset", "sample"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "train.epochs" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_every_subcommand_has_help():
+    from flows.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in ["sample", "index", "extract", "train", "evaluate", "compare", "bench", "serve"]:
+        assert name in sub.choices
+        assert sub.choices[name].format_help().strip()
