@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
@@ -22,13 +22,19 @@ FeatureSet = Literal["text_clip", "text_minilm", "vision_clip", "audio_librosa",
 class DatasetConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="used in every output path")
     layout: Literal["mmsa", "meld", "folder"]
-    root: Path = Field(description="the raw dataset folder (for meld: the folder with the *_sent_emo.csv files)")
+    # The DVC stages track the raw data at data/raw/<name> (put or symlink it there); that is the default.
+    root: Path = Field(None, description="the raw dataset folder (for meld: the folder with the *_sent_emo.csv files)")
     task: Literal["regression", "classification"] = "regression"
     meld_target: Literal["emotion", "sentiment"] = Field(
         "emotion", description="meld layout only: 7 emotions or 3 sentiments")
     labels_csv: Path | None = Field(None, description="folder layout only: CSV with columns name,label[,split]")
-    feature_sets: list[FeatureSet] = Field(
-        default_factory=lambda: list(FEATURE_SETS), description="feature sets to extract for this dataset")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_root(cls, data):
+        if isinstance(data, dict) and data.get("root") is None and "name" in data:
+            data = {**data, "root": f"data/raw/{data['name']}"}
+        return data
 
 
 class SampleConfig(Strict):

@@ -40,7 +40,7 @@ def cmd_index(args) -> int:
         if args.layout is None or args.root is None:
             raise SystemExit("error: give both --layout and --root, or neither (then params.yaml's "
                              f"datasets entry {args.dataset!r} is used)")
-        base = p.dataset(args.dataset).model_dump() if any(d.name == args.dataset for d in p.datasets) else {}
+        base = p.datasets[args.dataset].model_dump() if args.dataset in p.datasets else {}
         base.update(name=args.dataset, layout=args.layout, root=args.root)
         if args.task:
             base["task"] = args.task
@@ -56,7 +56,7 @@ def cmd_extract(args) -> int:
     from flows.extract import run_extraction
     p = _params(args)
     ds = p.dataset(args.dataset)
-    sets = list(ds.feature_sets) if args.all else [args.feature_set]
+    sets = list(p.feature_sets) if args.all else [args.feature_set]
     if not args.all and args.feature_set is None:
         raise SystemExit("error: give --feature-set SET or --all")
     paths = run_extraction(p, ds.name, sets, runner=args.runner, dask_address=args.dask_address)
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--feature-set", choices=["text_clip", "text_minilm", "vision_clip",
                                              "audio_librosa", "face_mediapipe"])
-    g.add_argument("--all", action="store_true", help="every feature set listed for the dataset")
+    g.add_argument("--all", action="store_true", help="every feature set in params feature_sets")
     s.add_argument("--runner", choices=["thread", "dask"], default=None, help="default: params extract.runner")
     s.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
     s.set_defaults(func=cmd_extract)

@@ -6,12 +6,14 @@ from pathlib import Path
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from features.config import DatasetConfig, ExtractConfig, SampleConfig, Strict
+from features.config import FEATURE_SETS, DatasetConfig, ExtractConfig, FeatureSet, SampleConfig, Strict
 from trml.config import CompareConfig, EvaluateConfig, ModelConfig, TrainConfig
 
 
 class Params(Strict):
-    datasets: list[DatasetConfig] = Field(min_length=1)
+    # Keyed by dataset name: dvc.yaml's foreach/matrix loop over these keys.
+    datasets: dict[str, DatasetConfig] = Field(min_length=1)
+    feature_sets: list[FeatureSet] = Field(default_factory=lambda: list(FEATURE_SETS), min_length=1)
     sample: SampleConfig = SampleConfig()
     extract: ExtractConfig = ExtractConfig()
     model: ModelConfig = ModelConfig()
@@ -19,20 +21,27 @@ class Params(Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     compare: CompareConfig = CompareConfig()
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> "Params":
-        names = [d.name for d in self.datasets]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"dataset names must be unique; repeated: {dupes}")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _name_datasets(cls, data):
+        """Each dataset's name is its key under `datasets:`."""
+        if isinstance(data, dict) and isinstance(data.get("datasets"), dict):
+            named = {}
+            for key, block in data["datasets"].items():
+                if isinstance(block, dict):
+                    if "name" in block and block["name"] != key:
+                        raise ValueError(f"datasets.{key}.name is {block['name']!r}; remove it "
+                                         f"(a dataset's name is its key)")
+                    block = {**block, "name": str(key)}
+                named[key] = block
+            data = {**data, "datasets": named}
+        return data
 
     def dataset(self, name: str) -> DatasetConfig:
-        for d in self.datasets:
-            if d.name == name:
-                return d
+        if name in self.datasets:
+            return self.datasets[name]
         raise ParamsError(f"dataset {name!r} is not in params.yaml datasets "
-                          f"(known: {[d.name for d in self.datasets]}); add a block for it under `datasets:`")
+                          f"(known: {sorted(self.datasets)}); add a block for it under `datasets:`")
 
 
 class ParamsError(ValueError):

@@ -22,7 +22,8 @@ def write_params(tmp_path: Path, mutate) -> Path:
 
 def test_project_params_are_valid():
     p = load_params(ROOT / "params.yaml")
-    assert p.datasets[0].name == "sample"
+    assert p.datasets["sample"].name == "sample"
+    assert str(p.datasets["sample"].root) == "data/raw/sample"
     assert p.extract.clip.pretrained is None  # the demo's CLIP is random-init, said everywhere
     assert p.model.modalities.text == "text_minilm"
 
@@ -32,9 +33,10 @@ def test_project_params_are_valid():
     (lambda d: d["train"].update(alpha="lots"), "train.alpha", "'lots'"),
     (lambda d: d["train"].update(missing_rate=1.5), "train.missing_rate", "less than 1"),
     (lambda d: d["extract"]["vision_clip"].update(n_frames=0), "extract.vision_clip.n_frames", "greater than or equal to 1"),
-    (lambda d: d["datasets"][0].update(layout="csv"), "datasets.0.layout", "'mmsa', 'meld' or 'folder'"),
+    (lambda d: d["datasets"]["sample"].update(layout="csv"), "datasets.sample.layout", "'mmsa', 'meld' or 'folder'"),
+    (lambda d: d.update(feature_sets=["text_bert"]), "feature_sets.0", "'text_clip'"),
     (lambda d: d.update(extra_section={}), "extra_section", "unknown key"),
-    (lambda d: d["datasets"].append(dict(d["datasets"][0])), "", "repeated: ['sample']"),
+    (lambda d: d["datasets"]["sample"].update(name="other"), "", "a dataset's name is its key"),
 ])
 def test_bad_params_name_the_key(tmp_path, mutate, key, words):
     path = write_params(tmp_path, mutate)
