@@ -108,6 +108,13 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_plots(args) -> int:
+    from flows.plots import show_plots
+    index = show_plots(Path(args.out))
+    print(f"offline plots page: {index}")
+    return 0
+
+
 def cmd_show_metrics(args) -> int:
     metrics_dir = Path(args.metrics_dir)
     files = sorted(metrics_dir.glob("*.json"))
@@ -207,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cron", default="0 * * * *", help="cron schedule (default: hourly)")
     s.add_argument("--feature-set", nargs="+", default=None)
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("plots", help="render `dvc plots show` as an HTML page that works offline",
+                       description="Build an HTML template with vega, vega-lite and vega-embed inlined (from "
+                                   "the npm registry, once) and run `dvc plots show` with it.")
+    s.add_argument("--out", default="dvc_plots", help="output folder (default: dvc_plots)")
+    s.set_defaults(func=cmd_plots)
 
     s = sub.add_parser("show-metrics", help="print metrics/*.json as tables")
     s.add_argument("--metrics-dir", default="metrics")
