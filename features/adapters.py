@@ -152,7 +152,8 @@ def parse_split(value: str | None, path: Path, line: int) -> str:
     return split
 
 
-def _finish(rows: list[dict]) -> list[dict]:
+def check_unique_ids(rows: list[dict]) -> list[dict]:
+    """Raise on a duplicate utterance id (naming both rows); drop the bookkeeping `_where` field."""
     seen: dict[str, str] = {}
     for r in rows:
         uid = r["utterance_id"]
@@ -197,7 +198,7 @@ def read_mmsa(ds: DatasetConfig) -> Manifest:
         class_names = ["negative", "neutral", "positive"]
         for row in rows:
             row["label_class"] = 0 if row["label"] < 0 else (1 if row["label"] == 0 else 2)
-    return Manifest(ds.name, "mmsa", root, ds.task, class_names, _finish(rows))
+    return Manifest(ds.name, "mmsa", root, ds.task, class_names, check_unique_ids(rows))
 
 
 # ---------------------------------------------------------------- MELD
@@ -247,7 +248,7 @@ def read_meld(ds: DatasetConfig) -> Manifest:
                 "start_s": parse_timestamp(r["StartTime"]),
                 "end_s": parse_timestamp(r["EndTime"]),
             })
-    return Manifest(ds.name, "meld", root, "classification", class_names, _finish(rows))
+    return Manifest(ds.name, "meld", root, "classification", class_names, check_unique_ids(rows))
 
 
 # ---------------------------------------------------------------- a folder of videos
@@ -301,4 +302,4 @@ def read_folder(ds: DatasetConfig) -> Manifest:
             log.warning("%s: %d label(s) match no video (e.g. %s)", labels_path, len(unmatched), unmatched[:3])
     if not rows:
         log.warning("%s: no videos found (extensions %s)", root, ", ".join(VIDEO_EXTENSIONS))
-    return Manifest(ds.name, "folder", root, ds.task, class_names, _finish(rows))
+    return Manifest(ds.name, "folder", root, ds.task, class_names, check_unique_ids(rows))

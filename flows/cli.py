@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle
 import sys
 from pathlib import Path
 
@@ -105,6 +106,31 @@ def cmd_serve(args) -> int:
     from flows.serve import serve
     p = _params(args)
     serve(p, root=Path(args.root), dataset=args.dataset, cron=args.cron, feature_sets=args.feature_set)
+    return 0
+
+
+def cmd_import_mmsa(args) -> int:
+    from features.mmsa_pickle import import_mmsa
+    try:
+        summary = import_mmsa(Path(args.pkl), args.dataset, Path(args.index_dir), Path(args.features_dir))
+    except (pickle.UnpicklingError, ValueError, KeyError) as exc:
+        print(f"error: {args.pkl}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_export_mmsa(args) -> int:
+    from features.mmsa_pickle import export_mmsa
+    p = _params(args)
+    m = p.model.modalities
+    sets = {"text": args.text or m.text, "audio": args.audio or m.audio, "vision": args.vision or m.face or m.vision}
+    missing = [k for k, v in sets.items() if v is None]
+    if missing:
+        raise SystemExit(f"error: no feature set for {missing}; pass --{missing[0]} SET")
+    summary = export_mmsa(args.dataset, Path(args.out), sets, args.seq_len, Path(args.index_dir),
+                          Path(args.features_dir))
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -214,6 +240,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cron", default="0 * * * *", help="cron schedule (default: hourly)")
     s.add_argument("--feature-set", nargs="+", default=None)
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("import-mmsa", help="import an MMSA/MMSA-FET feature pickle as manifest + Parquet",
+                       description="Read an MMSA feature pickle (aligned_50.pkl, unaligned_50.pkl) and write "
+                                   "data/index/<dataset>.parquet and data/features/<dataset>/mmsa_{text,audio,"
+                                   "vision}.parquet. WARNING: unpickling untrusted files is unsafe; this uses a "
+                                   "restricted unpickler that refuses anything but dicts, lists, strings, numbers "
+                                   "and numpy arrays, but only open pickles from sources you trust.")
+    s.add_argument("pkl", help="the MMSA pickle")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--index-dir", default="data/index")
+    s.add_argument("--features-dir", default="data/features")
+    s.set_defaults(func=cmd_import_mmsa)
+
+    s = sub.add_parser("export-mmsa", help="export feature sets as an MMSA feature pickle",
+                       description="Write a dataset's manifest and feature tables in MMSA's pickle layout "
+                                   "(padded arrays + lengths), so MMSA's models run on our features.")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--out", required=True, help="output .pkl")
+    s.add_argument("--text", help="feature set for MMSA's text (default: params model.modalities.text)")
+    s.add_argument("--audio", help="feature set for MMSA's audio (default: model.modalities.audio)")
+    s.add_argument("--vision", help="feature set for MMSA's vision (default: model.modalities.face, else vision)")
+    s.add_argument("--seq-len", type=int, default=None, help="pad/truncate length (default: the longest)")
+    s.add_argument("--index-dir", default="data/index")
+    s.add_argument("--features-dir", default="data/features")
+    s.set_defaults(func=cmd_export_mmsa)
 
     s = sub.add_parser("plots", help="render `dvc plots show` as an HTML page that works offline",
                        description="Build an HTML template with vega, vega-lite and vega-embed inlined (from "

@@ -1,0 +1,184 @@
+"""Interop with MMSA / MMSA-FET feature pickles (`aligned_50.pkl`, `unaligned_50.pkl`).
+
+Their layout: {'train'|'valid'|'test': {'id', 'raw_text', 'text', 'text_bert', 'audio', 'vision',
+'audio_lengths', 'vision_lengths', 'regression_labels', 'annotations', ...}}, arrays padded to a fixed
+length, ids 'video_id$_$clip_id'.
+
+Import writes our manifest plus three feature tables (mmsa_text, mmsa_audio, mmsa_vision) in the
+Parquet contracts; export writes our feature tables back in that layout, so MMSA's models run on them.
+
+Unpickling can run arbitrary code. `load_pickle` therefore uses a restricted unpickler that rebuilds only
+dicts, lists, tuples, strings, numbers and numpy arrays, and refuses anything else by name.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from features.adapters import Manifest, check_unique_ids
+from features.store import FeatureRow, TableInfo, read_metadata, rows_to_table, write_atomic
+
+SPLITS = ("train", "valid", "test")
+MODALITIES = {"text": "mmsa_text", "audio": "mmsa_audio", "vision": "mmsa_vision"}
+IMPORTER_VERSION = "1"
+
+# The globals a pickle of numpy arrays needs: array reconstruction, dtypes and scalars, nothing callable else.
+SAFE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # how protocol-2 pickles carry an array's raw bytes
+    ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
+    ("builtins", "frozenset"), ("builtins", "str"), ("builtins", "bytes"), ("builtins", "int"),
+    ("builtins", "float"), ("builtins", "complex"), ("builtins", "bool"),
+    ("collections", "OrderedDict"),
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    pass
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in SAFE_GLOBALS or (module.startswith("numpy") and name.startswith("dtype")
+                                              and module.endswith("dtypes")):
+            return super().find_class(module, name)
+        raise UnsafePickleError(
+            f"refusing to unpickle {module}.{name}: an MMSA feature pickle holds only dicts, lists, strings, "
+            f"numbers and numpy arrays. Only open pickles from sources you trust.")
+
+
+def load_pickle(path: Path) -> dict:
+    with open(path, "rb") as fh:
+        data = RestrictedUnpickler(fh).load()
+    if not isinstance(data, dict) or not any(s in data for s in SPLITS):
+        raise ValueError(f"{path}: not an MMSA feature pickle (expected a dict with keys {list(SPLITS)}).")
+    return data
+
+
+def _lengths(split: dict, key: str, n: int, arr: np.ndarray) -> np.ndarray:
+    """Sequence lengths: MMSA's `<key>_lengths` when given, else the count of rows up to the last non-zero row."""
+    given = split.get(f"{key}_lengths")
+    if given is not None:
+        return np.asarray(given, dtype=np.int64).reshape(n)
+    if key == "text" and split.get("text_bert") is not None:
+        return np.asarray(split["text_bert"])[:, 1, :].sum(axis=1).astype(np.int64)  # the attention mask
+    nonzero = np.abs(arr).sum(axis=2) > 0
+    return np.where(nonzero.any(axis=1), arr.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 0)
+
+
+def import_mmsa(pkl: Path, dataset: str, index_dir: Path = Path("data/index"),
+                features_dir: Path = Path("data/features")) -> dict:
+    """Write data/index/<dataset>.parquet and data/features/<dataset>/mmsa_{text,audio,vision}.parquet."""
+    data = load_pickle(pkl)
+    source_sha = hashlib.sha256(pkl.read_bytes()).hexdigest()
+    manifest = Manifest(dataset, "mmsa_pickle", pkl.parent, "regression")
+    rows: dict[str, list[FeatureRow]] = {m: [] for m in MODALITIES}
+    dims: dict[str, int] = {}
+    for split in SPLITS:
+        part = data.get(split)
+        if not part:
+            continue
+        ids = [str(i).replace("$_$", "/") for i in part["id"]]
+        n = len(ids)
+        labels = np.asarray(part["regression_labels"], dtype=np.float64).reshape(n)
+        raw_text = part.get("raw_text", [None] * n)
+        for uid, label, text in zip(ids, labels, raw_text):
+            manifest.rows.append({"utterance_id": uid, "split": split, "media_path": None, "_where": f"{pkl}:{split}",
+                                  "text": str(text) if text is not None else None, "label": float(label),
+                                  "label_class": None})
+        for modality in MODALITIES:
+            arr = np.asarray(part[modality], dtype=np.float32)
+            if arr.ndim == 2:  # a single vector per utterance
+                arr = arr[:, None, :]
+            dims[modality] = arr.shape[2]
+            lengths = _lengths(part, modality, n, arr)
+            for i, uid in enumerate(ids):
+                seq = arr[i, : int(lengths[i])]
+                if seq.shape[0] == 0 or not np.any(seq):
+                    rows[modality].append(FeatureRow(uid, "empty_sequence", "all-zero (padding only) in the pickle"))
+                else:
+                    rows[modality].append(FeatureRow(uid, seq=seq, t=np.arange(seq.shape[0], dtype=np.float32)))
+    manifest.rows = check_unique_ids(manifest.rows)
+    out_index = index_dir / f"{dataset}.parquet"
+    write_atomic(manifest.to_table(), out_index)
+    written = {"manifest": str(out_index)}
+    for modality, feature_set in MODALITIES.items():
+        info = TableInfo(feature_set=feature_set, modality=modality, kind="seq", dim=dims[modality],
+                         extractor="mmsa-pickle-import", extractor_version=IMPORTER_VERSION,
+                         weights_id=f"mmsa-pickle:{pkl.name}:{modality} (features as shipped by MMSA)",
+                         weights_sha256=None,
+                         feature_names=None,
+                         params={"source": pkl.name, "source_sha256": source_sha,
+                                 "t": "position index in the padded MMSA sequence"})
+        path = features_dir / dataset / f"{feature_set}.parquet"
+        write_atomic(rows_to_table(rows[modality], info), path)
+        written[feature_set] = str(path)
+    return {"dataset": dataset, "rows": len(manifest.rows), "written": written}
+
+
+def _padded(table_rows: list[dict], dim: int, seq_len: int | None) -> tuple[np.ndarray, list[int]]:
+    seqs = []
+    for r in table_rows:
+        if not r["present"]:
+            seqs.append(np.zeros((0, dim), np.float32))
+        elif "seq" in r:
+            seqs.append(np.asarray(r["seq"], np.float32).reshape(-1, dim))
+        else:
+            seqs.append(np.asarray(r["emb"], np.float32).reshape(1, dim))
+    length = seq_len or max([s.shape[0] for s in seqs] + [1])
+    out = np.zeros((len(seqs), length, dim), np.float32)
+    lengths = []
+    for i, s in enumerate(seqs):
+        k = min(length, s.shape[0])
+        out[i, :k] = s[:k]
+        lengths.append(k)
+    return out, lengths
+
+
+def export_mmsa(dataset: str, out: Path, feature_sets: dict[str, str], seq_len: int | None = None,
+                index_dir: Path = Path("data/index"), features_dir: Path = Path("data/features")) -> dict:
+    """Write our tables as an MMSA pickle. feature_sets maps MMSA's text/audio/vision to our feature sets."""
+    manifest = pq.read_table(index_dir / f"{dataset}.parquet").to_pylist()
+    tables = {}
+    for modality, feature_set in feature_sets.items():
+        path = features_dir / dataset / f"{feature_set}.parquet"
+        meta = read_metadata(path)
+        tables[modality] = (int(meta["dim"]), {r["utterance_id"]: r for r in pq.read_table(path).to_pylist()},
+                            meta)
+    result: dict = {}
+    for split in SPLITS:
+        part_rows = [r for r in manifest if r["split"] == split]
+        if not part_rows:
+            continue
+        ids = [r["utterance_id"] for r in part_rows]
+        part = {
+            "id": np.array([i.replace("/", "$_$", 1) for i in ids], dtype=object),
+            "raw_text": np.array([r["text"] or "" for r in part_rows], dtype=object),
+            "regression_labels": np.array([np.nan if r["label"] is None else r["label"] for r in part_rows],
+                                          dtype=np.float32),
+            "annotations": ["Positive" if (r["label"] or 0) > 0 else "Negative" if (r["label"] or 0) < 0
+                            else "Neutral" for r in part_rows],
+        }
+        for modality, (dim, by_id, _) in tables.items():
+            arr, lengths = _padded([by_id[i] for i in ids], dim, seq_len)
+            part[modality] = arr
+            part[f"{modality}_lengths"] = lengths
+        result[split] = part
+    result["trml_provenance"] = json.dumps({m: {"feature_set": feature_sets[m], "weights_id": t[2].get("weights_id")}
+                                            for m, t in tables.items()})
+    buf = io.BytesIO()
+    pickle.dump(result, buf, protocol=4)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(out)
+    return {"dataset": dataset, "out": str(out), "splits": {s: len(result[s]["id"]) for s in SPLITS if s in result}}
