@@ -71,7 +71,8 @@ def cmd_train(args) -> int:
     p = _params(args)
     ds = p.dataset(args.dataset)
     cfg = p.train if args.variant is None else p.train.model_copy(update={"variant": args.variant})
-    train(ds.name, p.model, cfg, data_dir=Path(args.data_dir), models_dir=Path(args.models_dir))
+    train(ds.name, p.model, cfg, data_dir=Path(args.data_dir), models_dir=Path(args.models_dir),
+          plots_dir=Path(args.plots_dir))
     return 0
 
 
@@ -143,7 +144,8 @@ def cmd_plots(args) -> int:
 
 def cmd_show_metrics(args) -> int:
     metrics_dir = Path(args.metrics_dir)
-    files = sorted(metrics_dir.glob("*.json"))
+    # *_lineage.json files say which checkpoint and weights made the numbers; they are not metrics.
+    files = sorted(f for f in metrics_dir.glob("*.json") if not f.name.endswith("_lineage.json"))
     if not files:
         print(f"no metrics in {metrics_dir}/ yet (run `dvc repro`)")
         return 1
@@ -219,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             s.add_argument("--variant", choices=["trml", "zero_fill", "no_sml", "upper_bound"],
                            default=None, help="default: params train.variant")
+            s.add_argument("--plots-dir", default="plots",
+                           help="the per-epoch log is copied to <plots-dir>/<dataset>/train_<variant>.csv")
         else:
             s.add_argument("--metrics-dir", default="metrics")
             s.add_argument("--plots-dir", default="plots")

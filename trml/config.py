@@ -1,57 +1,113 @@
 """Typed configuration of the model side of params.yaml: model, train, evaluate, compare.
 
 The paper (arXiv 2401.13697) leaves most choices open; each one is a key here, documented
-in params.yaml with the paper's wording where there is one.
+in params.yaml with the paper's wording where there is one. Every key has a `description`.
 """
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MODALITIES = ("text", "vision", "audio", "face")
+Modality = Literal["text", "vision", "audio", "face"]
+Variant = Literal["trml", "zero_fill", "no_sml", "upper_bound"]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Variant = Literal["trml", "zero_fill", "no_sml", "upper_bound"]
-
-
 class ModalitiesConfig(Strict):
     """Which feature set feeds each modality; null switches the modality off."""
-    text: str | None = "text_minilm"
-    vision: str | None = "vision_clip"
-    audio: str | None = "audio_librosa"
-    face: str | None = "face_mediapipe"
+    text: str | None = Field("text_minilm", description="paper: x_t = f_t(T), one vector per utterance")
+    vision: str | None = Field("vision_clip", description="paper: x_v = f_v(V) in R^(n x d), one per frame")
+    audio: str | None = Field("audio_librosa", description="our extension: librosa frame features")
+    face: str | None = Field("face_mediapipe", description="our extension: blendshapes + head pose")
+
+    def enabled(self) -> dict[str, str]:
+        """{modality: feature_set} of the modalities switched on, in the fixed order of MODALITIES."""
+        return {m: getattr(self, m) for m in MODALITIES if getattr(self, m) is not None}
 
 
 class ModelConfig(Strict):
-    modalities: ModalitiesConfig = ModalitiesConfig()
-    hidden: int = Field(128, ge=8, le=4096)
-    rnn: Literal["gru", "lstm"] = "gru"
-    rnn_layers: int = Field(1, ge=1, le=8)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    modalities: ModalitiesConfig = Field(ModalitiesConfig(), description="feature set per modality; null = off")
+    hidden: int = Field(128, ge=8, le=4096, description="width of every modality representation")
+    rnn: Literal["gru", "lstm"] = Field("gru", description="temporal encoder of the sequence modalities")
+    rnn_layers: int = Field(1, ge=1, le=8, description="stacked RNN layers per sequence encoder")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout in the encoders, MMI and head")
+    mmi: Literal["pairwise", "concat"] = Field(
+        "pairwise", description="MMI generator: pairwise translators averaged over the present modalities, "
+                                "or one MLP over the concatenation of all of them")
+    mmi_layers: int = Field(2, ge=1, le=8, description="layers of each MMI generator MLP")
+    max_seq_len: int = Field(
+        64, ge=1, le=100_000,
+        description="a longer sequence is average-pooled in time into this many steps when loaded")
+    standardize: list[Modality] = Field(
+        default_factory=lambda: ["audio", "face"],
+        description="modalities whose features are z-scored with train-split statistics "
+                    "(CLIP/MiniLM embeddings are used as they are)")
+
+    @field_validator("standardize")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"standardize lists a modality twice: {v}")
+        return v
 
 
 class TrainConfig(Strict):
-    variant: Variant = "trml"
+    variant: Variant = Field("trml", description="trml | zero_fill | no_sml | upper_bound")
     alpha: float = Field(0.1, ge=0.0, description="weight of L_sml in L = L_task + alpha * L_sml")
     tau: float = Field(0.07, gt=0.0, le=10.0, description="SML temperature")
+    sml_detach_real: bool = Field(
+        False, description="SML moves only the MMI generators (real representations are fixed targets); "
+                           "false: both sides move, as in CLIP's symmetric contrastive loss")
     missing_rate: float = Field(0.3, ge=0.0, lt=1.0, description="simulated modality-missing rate in training")
-    epochs: int = Field(30, ge=1, le=10_000)
-    batch_size: int = Field(32, ge=1, le=65_536)
-    lr: float = Field(1e-3, gt=0.0, le=1.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
+    regression_loss: Literal["l1", "mse"] = Field("l1", description="task loss for regression")
+    epochs: int = Field(30, ge=1, le=10_000, description="maximum epochs (early stopping may end sooner)")
+    batch_size: int = Field(32, ge=1, le=65_536, description="utterances per optimiser step")
+    lr: float = Field(1e-3, gt=0.0, le=1.0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm; 0 switches clipping off")
     patience: int = Field(8, ge=1, description="early stopping on the valid split")
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    early_stop_on: Literal["loss", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7", "acc5", "mae",
+                           "corr", "acc", "wf1"] = Field(
+        "loss", description="valid-split score that picks best.pt: the task loss, or a metric key of the task")
+    seed: int = Field(0, description="seeds the init, shuffling, missing masks and dropout of every epoch")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
+    amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported); ignored on CPU")
+    resume: bool = Field(True, description="continue from last.pt when its config and data match")
+    memmap_dir: str | None = Field(
+        None, description="folder for disk-backed (memory-mapped) feature tensors, for tables larger than "
+                          "RAM; null keeps them in memory. Results are the same either way")
 
 
 class EvaluateConfig(Strict):
-    test_missing_rates: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.7])
+    test_missing_rates: list[float] = Field(
+        default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.7],
+        description="modality-missing rates simulated at test time (one decimal: keys r0.0, r0.3, ...)")
     patterns: bool = Field(True, description="also report each single-modality-missing pattern")
-    seed: int = 0
+    mask_draws: int = Field(
+        10, ge=1, le=1000,
+        description="random masks drawn per missing rate; metrics are averaged over the draws")
+    seed: int = Field(0, description="seeds the test masks (the same for every variant)")
+
+    @field_validator("test_missing_rates")
+    @classmethod
+    def _rates(cls, v: list[float]) -> list[float]:
+        bad = [r for r in v if not 0.0 <= r < 1.0]
+        if bad:
+            raise ValueError(f"missing rates must be in [0, 1); got {bad}")
+        coarse = [r for r in v if abs(round(r, 1) - r) > 1e-9]
+        if coarse:
+            raise ValueError(f"rates are written with one decimal (r0.3); {coarse} would be misreported")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a missing rate is listed twice: {v}")
+        return v
 
 
 class CompareConfig(Strict):
-    variants: list[Variant] = Field(default_factory=lambda: ["trml", "zero_fill", "no_sml", "upper_bound"])
+    variants: list[Variant] = Field(
+        default_factory=lambda: ["trml", "zero_fill", "no_sml", "upper_bound"],
+        description="variants `trml compare` trains and evaluates on the same data and test masks")

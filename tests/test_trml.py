@@ -1,0 +1,483 @@
+"""trml/: loading the Parquet contracts, missing modalities, the model, SML, training, evaluation.
+
+Fixture tables are written with features.store (the real writer, real schema and metadata), with
+naturally missing rows of several statuses; the manifest follows the adapters' contract.
+"""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from features.store import FeatureRow, TableInfo, feature_schema, rows_to_table, write_atomic
+from trml.config import CompareConfig, EvaluateConfig, ModelConfig, TrainConfig
+from trml.data import DataError, load_dataset
+from trml.losses import info_nce, sml_loss, task_loss
+from trml.missing import drop_at_rate, drop_pattern, mask_for
+from trml.model import TRML, InputSpec
+
+DS = "fx"
+N = 96
+DIMS = {"text": 16, "vision": 12, "audio": 6, "face": 5}
+SETS = {"text": "text_minilm", "vision": "vision_clip", "audio": "audio_librosa", "face": "face_mediapipe"}
+# Naturally missing rows (manifest index -> status) per modality.
+ABSENT = {"text": {3: "empty_text", 50: "empty_text"}, "vision": {5: "missing_file", 20: "decode_error"},
+          "audio": {5: "missing_file", 9: "no_audio_stream", 61: "silent"}, "face": {5: "missing_file", 11: "no_face"}}
+LONG_ROW, LONG_LEN = 7, 40          # one audio sequence longer than max_seq_len
+MAX_LEN = 16
+
+
+def small_model(**kw) -> ModelConfig:
+    return ModelConfig(hidden=16, max_seq_len=MAX_LEN, dropout=0.1, **kw)
+
+
+def small_train(**kw) -> TrainConfig:
+    base = dict(epochs=3, batch_size=16, patience=3, device="cpu", lr=3e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def write_fixture(root: Path, task: str = "regression", seed: int = 0) -> Path:
+    """A manifest and four feature tables carrying the label, in the real schema."""
+    rng = np.random.default_rng(seed)
+    ids = [f"vid{i // 4:03d}/{i % 4}" for i in range(N)]
+    split = ["train"] * 60 + ["valid"] * 18 + ["test"] * 18
+    label = np.round(rng.uniform(-3, 3, N), 1)
+    label[::13] = 0.0
+    classes = np.digitize(label, [-0.5, 0.5])               # 0 negative, 1 neutral, 2 positive
+    manifest = pa.table({
+        "utterance_id": pa.array(ids, pa.string()), "dataset": pa.array([DS] * N, pa.string()),
+        "split": pa.array(split, pa.string()), "media_path": pa.array([f"Raw/{u}.mp4" for u in ids], pa.string()),
+        "text": pa.array(["some words"] * N, pa.string()),
+        "label": pa.array(label if task == "regression" else [None] * N, pa.float64()),
+        "label_class": pa.array([None] * N if task == "regression" else classes, pa.int64()),
+    }).replace_schema_metadata({
+        b"trml.dataset": DS.encode(), b"trml.layout": b"mmsa", b"trml.root": str(root).encode(),
+        b"trml.task": task.encode(),
+        b"trml.class_names": json.dumps([] if task == "regression" else ["negative", "neutral", "positive"]).encode()})
+    write_atomic(manifest, root / "index" / f"{DS}.parquet")
+    signal = label / 3.0
+    for modality, dim in DIMS.items():
+        direction = rng.normal(size=dim)
+        rows = []
+        for i, uid in enumerate(ids):
+            if i in ABSENT[modality]:
+                rows.append(FeatureRow(uid, status=ABSENT[modality][i], detail="fixture"))
+            elif modality == "text":
+                rows.append(FeatureRow(uid, emb=signal[i] * direction + 0.3 * rng.normal(size=dim)))
+            else:
+                n = LONG_LEN if (modality == "audio" and i == LONG_ROW) else (3 + i % 6 if modality == "audio" else 4)
+                seq = signal[i] * direction + 0.5 * rng.normal(size=(n, dim))
+                if modality == "audio":
+                    seq = 10.0 * seq + 7.0            # far from zero mean / unit variance: z-scoring matters
+                rows.append(FeatureRow(uid, seq=seq, t=np.arange(n) * 0.1))
+        rows = rows[::-1]                             # table order differs from manifest order on purpose
+        info = TableInfo(SETS[modality], modality, "emb" if modality == "text" else "seq", dim,
+                         extractor=f"fixture-{modality}", extractor_version="1", weights_id=f"{modality}-weights:v1",
+                         feature_names=[f"{modality}{j}" for j in range(dim)])
+        write_atomic(rows_to_table(rows, info), root / "features" / DS / f"{SETS[modality]}.parquet")
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster than two fighting over a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fixture_dir(tmp_path_factory) -> Path:
+    return write_fixture(tmp_path_factory.mktemp("trml_data"))
+
+
+@pytest.fixture(scope="module")
+def data(fixture_dir):
+    return load_dataset(DS, small_model(), fixture_dir)
+
+
+# ---------------------------------------------------------------- loading
+
+def test_loader_shapes_masks_and_provenance(data, fixture_dir):
+    assert data.names == ["text", "vision", "audio", "face"] and data.task == "regression"
+    assert list(data.ids[:2]) == ["vid000/0", "vid000/1"]                    # manifest order kept
+    text, vision, audio, face = data.modalities
+    assert text.x.shape == (N, 16) and text.lengths is None
+    assert vision.x.shape == (N, 4, 12) and face.x.shape == (N, 4, 5)
+    assert audio.x.shape == (N, MAX_LEN, 6)                                   # pooled down to max_seq_len
+    for m in data.modalities:
+        absent = sorted(ABSENT[m.name])
+        assert torch.nonzero(~m.present).flatten().tolist() == absent
+        assert m.x[~m.present].abs().sum() == 0                               # absent rows are zeros
+        if m.lengths is not None:
+            assert (m.lengths[~m.present] == 0).all()
+        assert m.provenance["weights_id"] == f"{m.name}-weights:v1" and len(m.provenance["file_sha256"]) == 64
+        assert m.status_counts["ok"] == N - len(absent)
+    assert audio.status_counts["no_audio_stream"] == 1 and audio.status_counts["silent"] == 1
+    assert audio.lengths[LONG_ROW] == MAX_LEN and audio.lengths[0] == 3 and audio.lengths[1] == 4
+    assert (audio.x[0, 3:] == 0).all()                                        # padding stays zero
+    assert data.present().shape == (N, 4)
+    assert [len(data.indices(s)) for s in ("train", "valid", "test")] == [60, 18, 18]
+    prov = data.provenance()
+    assert prov["modalities"]["vision"]["weights_id"] == "vision-weights:v1" and prov["manifest_sha256"]
+
+
+def test_standardisation_uses_train_statistics_and_pooling_averages(fixture_dir):
+    raw = load_dataset(DS, small_model(standardize=[]), fixture_dir)
+    std = load_dataset(DS, small_model(), fixture_dir)                        # audio, face z-scored
+    a_raw, a = raw.modalities[2], std.modalities[2]
+    train = torch.from_numpy(raw.split == "train")
+    valid = a_raw.present.unsqueeze(1) & (torch.arange(MAX_LEN) < a_raw.lengths.unsqueeze(1))
+    entries = a_raw.x[valid & train.unsqueeze(1)].double()
+    mean, sd = entries.mean(0), entries.std(0, unbiased=False)
+    assert torch.allclose(std.standardization["audio"]["mean"].double(), mean, atol=1e-4)
+    assert torch.allclose(std.standardization["audio"]["std"].double(), sd, atol=1e-4)
+    z = a.x[valid & train.unsqueeze(1)].double()
+    assert torch.allclose(z.mean(0), torch.zeros(6, dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(z.std(0, unbiased=False), torch.ones(6, dtype=torch.float64), atol=1e-4)
+    assert (a.x[~valid] == 0).all()
+    assert "text" not in std.standardization and torch.equal(raw.modalities[0].x, std.modalities[0].x)
+    # The 40-frame row became 16 slots: slot s averages the frames i with floor(i * 16 / 40) == s.
+    table = pq.read_table(fixture_dir / "features" / DS / "audio_librosa.parquet").to_pylist()
+    frames = np.array(next(r for r in table if r["utterance_id"] == raw.ids[LONG_ROW])["seq"], np.float64)
+    expected = np.stack([frames[[i for i in range(LONG_LEN) if i * MAX_LEN // LONG_LEN == s]].mean(0)
+                         for s in range(MAX_LEN)])
+    np.testing.assert_allclose(a_raw.x[LONG_ROW].numpy(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_loader_names_the_file_and_the_fix(tmp_path, fixture_dir):
+    with pytest.raises(DataError, match=r"trml extract --dataset fx --feature-set audio_librosa"):
+        load_dataset(DS, small_model(), _copy_without(fixture_dir, tmp_path / "a", "audio_librosa"))
+    # A stale table (one row fewer than the manifest) is refused, not silently joined.
+    root = _copy_without(fixture_dir, tmp_path / "b", None)
+    path = root / "features" / DS / "face_mediapipe.parquet"
+    t = pq.read_table(path)
+    pq.write_table(t.slice(1), path)
+    with pytest.raises(DataError, match=r"face_mediapipe.parquet: does not match the manifest \(1 manifest rows"):
+        load_dataset(DS, small_model(), root)
+    # A feature set under the wrong modality key.
+    with pytest.raises(DataError, match="holds modality 'vision'"):
+        load_dataset(DS, small_model(modalities={"text": "vision_clip", "vision": None, "audio": None, "face": None}),
+                     fixture_dir)
+
+
+def _copy_without(src: Path, dst: Path, feature_set: str | None) -> Path:
+    import shutil
+    shutil.copytree(src, dst)
+    if feature_set:
+        (dst / "features" / DS / f"{feature_set}.parquet").unlink()
+    return dst
+
+
+# ---------------------------------------------------------------- missing modalities
+
+def test_random_missing_rate_never_empties_a_row_and_respects_natural_masks():
+    natural = torch.rand(4000, 4, generator=torch.Generator().manual_seed(1)) > 0.1
+    natural[0] = False                                           # a row with nothing at all stays empty
+    mask = drop_at_rate(natural, 0.5, seed=3)
+    assert not (mask & ~natural).any()                           # simulation never restores a modality
+    assert mask[1:][natural[1:].any(1)].any(1).all()             # never all of a row
+    kept = mask.sum().item() / natural.sum().item()
+    assert 0.5 < kept < 0.6                                      # ~p dropped, a few rescued rows
+    assert torch.equal(mask, drop_at_rate(natural, 0.5, seed=3))
+    assert not torch.equal(mask, drop_at_rate(natural, 0.5, seed=4))
+    assert torch.equal(drop_at_rate(natural, 0.0, seed=3), natural)
+    names = ["text", "vision", "audio", "face"]
+    pat = drop_pattern(natural, names, "vision")
+    assert not pat[:, 1].any() and torch.equal(pat[:, [0, 2, 3]], natural[:, [0, 2, 3]])
+    assert torch.equal(mask_for(natural, names, "miss_vision", 0), pat)
+    assert torch.equal(mask_for(natural, names, "r0.5", 3), mask)
+
+
+# ---------------------------------------------------------------- the model
+
+SPECS = [InputSpec("text", "emb", 16), InputSpec("vision", "seq", 12), InputSpec("audio", "seq", 6)]
+
+
+def _inputs(b=8, t=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, t + 1, (b,), generator=g)
+    lengths[0] = t
+    return {"text": (torch.randn(b, 16, generator=g), None),
+            "vision": (torch.randn(b, t, 12, generator=g), torch.full((b,), t)),
+            "audio": (torch.randn(b, t, 6, generator=g), lengths)}
+
+
+def test_model_output_shapes():
+    for n_out, shape in ((1, (8,)), (7, (8, 7))):
+        model = TRML(small_model(), SPECS, n_out, "trml").eval()
+        out = model(_inputs(), torch.ones(8, 3, dtype=torch.bool))
+        assert out.pred.shape == shape
+        assert out.real.shape == (8, 3, 16) and out.virtual.shape == (8, 3, 16)
+
+
+@pytest.mark.parametrize("variant,mmi", [("trml", "pairwise"), ("trml", "concat"), ("no_sml", "pairwise"),
+                                         ("zero_fill", "pairwise"), ("upper_bound", "concat")])
+@pytest.mark.parametrize("poison", [float("nan"), 1e9, float("inf")])
+def test_masked_inputs_never_reach_the_output(variant, mmi, poison):
+    torch.manual_seed(0)
+    model = TRML(small_model(mmi=mmi), SPECS, 1, variant).eval()
+    clean = _inputs()
+    mask = torch.ones(8, 3, dtype=torch.bool)
+    mask[1, 0] = mask[2, 1] = mask[3, 2] = mask[4, 0] = mask[4, 2] = False
+    dirty = {k: (x.clone(), None if l is None else l.clone()) for k, (x, l) in clean.items()}
+    dirty["text"][0][~mask[:, 0]] = poison
+    dirty["vision"][0][~mask[:, 1]] = poison
+    dirty["vision"][1][~mask[:, 1]] = 999                         # even a masked row's length is ignored
+    dirty["audio"][0][~mask[:, 2]] = poison
+    lengths = clean["audio"][1]
+    for i in range(8):                                            # padding beyond each length, too
+        dirty["audio"][0][i, lengths[i]:] = poison
+    a, b = model(clean, mask), model(dirty, mask)
+    assert torch.isfinite(b.pred).all()
+    assert torch.equal(a.pred, b.pred)
+    if variant != "zero_fill":
+        # The virtual representation of k is built without k's input, even where k is present.
+        other = {k: (x.clone(), l) for k, (x, l) in clean.items()}
+        other["vision"] = (torch.randn_like(clean["vision"][0]), clean["vision"][1])
+        c = model(other, mask)
+        assert torch.equal(a.virtual[:, 1], c.virtual[:, 1])
+        assert not torch.equal(a.real[:, 1], c.real[:, 1])
+        # A missing modality's representation is replaced: its real input has no gradient path.
+        x = clean["text"][0].clone().requires_grad_(True)
+        out = model({**clean, "text": (x, None)}, mask)
+        out.pred.sum().backward()
+        assert (x.grad[~mask[:, 0]] == 0).all() and (x.grad[mask[:, 0]] != 0).any()
+
+
+# ---------------------------------------------------------------- SML and the task loss
+
+def test_info_nce_at_identity_matches_the_hand_value():
+    n, tau = 4, 0.5
+    eye = torch.eye(n)
+    # logits = I / tau: each row's CE is -log(e^(1/tau) / (e^(1/tau) + (n - 1))) = log(1 + (n-1) e^(-1/tau)).
+    expected = math.log(1 + (n - 1) * math.exp(-1 / tau))
+    assert info_nce(eye, eye, tau).item() == pytest.approx(expected, rel=1e-6)
+    # Normalisation: scaling rows does not change it.
+    assert info_nce(3 * eye, 0.5 * eye, tau).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_info_nce_prefers_aligned_pairs():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(32, 16, generator=g)
+    virtual = real + 0.05 * torch.randn(32, 16, generator=g)
+    aligned = info_nce(virtual, real, 0.1)
+    shuffled = info_nce(virtual[torch.randperm(32, generator=g)], real, 0.1)
+    assert aligned < 0.2 < math.log(32) < shuffled
+
+
+def test_sml_counts_only_rows_with_a_real_and_a_source():
+    g = torch.Generator().manual_seed(0)
+    real, virtual = torch.randn(6, 3, 8, generator=g), torch.randn(6, 3, 8, generator=g)
+    mask = torch.ones(6, 3, dtype=torch.bool)
+    full = sml_loss(real, virtual, mask, 0.2)
+    expected = torch.stack([info_nce(virtual[:, k], real[:, k], 0.2) for k in range(3)]).mean()
+    assert full.item() == pytest.approx(expected.item(), rel=1e-6)
+    # Modality 0 absent in rows 0..2: those rows leave its term; a poisoned absent real changes nothing.
+    mask[:3, 0] = False
+    poisoned = real.clone()
+    poisoned[:3, 0] = float("nan")
+    part = sml_loss(poisoned, virtual, mask, 0.2)
+    expected = torch.stack([info_nce(virtual[3:, 0], real[3:, 0], 0.2)]
+                           + [info_nce(virtual[:, k], real[:, k], 0.2) for k in (1, 2)]).mean()
+    assert part.item() == pytest.approx(expected.item(), rel=1e-6)
+    # A row whose only present modality is k has nothing to generate k from: not counted.
+    lonely = torch.zeros(6, 3, dtype=torch.bool)
+    lonely[:, 0] = True
+    assert sml_loss(real, virtual, lonely, 0.2).item() == 0.0
+
+
+def test_sml_can_leave_the_real_side_fixed():
+    real = torch.randn(5, 2, 4, requires_grad=True)
+    virtual = torch.randn(5, 2, 4, requires_grad=True)
+    mask = torch.ones(5, 2, dtype=torch.bool)
+    sml_loss(real, virtual, mask, 0.1, detach_real=True).backward()
+    assert real.grad is None and virtual.grad.abs().sum() > 0
+    sml_loss(real, virtual, mask, 0.1).backward()
+    assert real.grad.abs().sum() > 0
+
+
+def test_task_losses():
+    assert task_loss(torch.tensor([1.0, -1.0]), torch.tensor([0.0, 1.0]), "regression").item() == 1.5
+    assert task_loss(torch.tensor([1.0, -1.0]), torch.tensor([0.0, 1.0]), "regression", "mse").item() == 2.5
+    logits = torch.tensor([[0.0, 0.0]])
+    assert task_loss(logits, torch.tensor([1]), "classification").item() == pytest.approx(math.log(2))
+
+
+# ---------------------------------------------------------------- training, resume, determinism
+
+def test_training_is_deterministic_on_cpu(data, tmp_path):
+    from trml.train import fit, load_checkpoint
+    fit(data, small_model(), small_train(), tmp_path / "a")
+    fit(data, small_model(), small_train(), tmp_path / "b")
+    a = load_checkpoint(tmp_path / "a" / DS / "trml" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / DS / "trml" / "last.pt")
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    log_a = (tmp_path / "a" / DS / "trml" / "train_log.csv").read_text()
+    assert log_a == (tmp_path / "b" / DS / "trml" / "train_log.csv").read_text()
+    assert len(log_a.splitlines()) == 4
+    assert (tmp_path / "a" / DS / "trml" / "summary.json").read_bytes() == \
+        (tmp_path / "b" / DS / "trml" / "summary.json").read_bytes()
+
+
+def test_resume_gives_the_uninterrupted_result(data, tmp_path):
+    from trml.train import fit, load_checkpoint
+    fit(data, small_model(), small_train(epochs=4, patience=10), tmp_path / "whole")
+    fit(data, small_model(), small_train(epochs=2, patience=10), tmp_path / "split")     # "interrupted"
+    summary = fit(data, small_model(), small_train(epochs=4, patience=10), tmp_path / "split")
+    assert summary["timing"]["epochs"] == 2                                             # only 2 more ran
+    for name in ("last.pt", "best.pt"):
+        a = load_checkpoint(tmp_path / "whole" / DS / "trml" / name)
+        b = load_checkpoint(tmp_path / "split" / DS / "trml" / name)
+        assert a["epoch"] == b["epoch"]
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert (tmp_path / "whole" / DS / "trml" / "train_log.csv").read_text() == \
+        (tmp_path / "split" / DS / "trml" / "train_log.csv").read_text()
+    # Same settings again: nothing to do. Other settings: a fresh run, not a resume.
+    assert fit(data, small_model(), small_train(epochs=4, patience=10), tmp_path / "split")["timing"]["epochs"] == 0
+    assert fit(data, small_model(), small_train(epochs=4, patience=10, lr=1e-3),
+               tmp_path / "split")["timing"]["epochs"] == 4
+
+
+def test_an_early_stopped_run_stays_stopped(data, tmp_path):
+    from trml.train import fit
+    first = fit(data, small_model(), small_train(epochs=40, patience=1, lr=0.05), tmp_path)
+    assert first["stopped_early"] and first["epochs_run"] < 40
+    before = (tmp_path / DS / "trml" / "last.pt").read_bytes()
+    again = fit(data, small_model(), small_train(epochs=40, patience=1, lr=0.05), tmp_path)
+    assert again["timing"]["epochs"] == 0 and again["epochs_run"] == first["epochs_run"]
+    assert (tmp_path / DS / "trml" / "last.pt").read_bytes() == before
+
+
+def test_checkpoint_records_configs_and_feature_weights(data, tmp_path):
+    from trml.train import fit, load_checkpoint
+    fit(data, small_model(), small_train(epochs=1), tmp_path)
+    ck = load_checkpoint(tmp_path / DS / "trml" / "best.pt")
+    assert ck["config"]["train"]["variant"] == "trml" and ck["config"]["model"]["hidden"] == 16
+    assert ck["provenance"]["modalities"]["text"]["weights_id"] == "text-weights:v1"
+    assert ck["epoch"] == 0 and ck["task"] == "regression"
+    assert set(ck["standardization"]) == {"audio", "face"}
+
+
+# ---------------------------------------------------------------- evaluate and compare
+
+def test_evaluate_writes_every_rate_and_pattern(fixture_dir, tmp_path):
+    from trml.evaluate import StaleModelError, evaluate
+    from trml.train import train
+    mc, tc = small_model(), small_train(epochs=2)
+    ec = EvaluateConfig(test_missing_rates=[0.0, 0.3, 0.7], mask_draws=2)
+    train(DS, mc, tc, fixture_dir, tmp_path / "models", plots_dir=tmp_path / "plots")
+    res = evaluate(DS, mc, tc, ec, fixture_dir, tmp_path / "models", tmp_path / "metrics", tmp_path / "plots")
+    on_disk = json.loads((tmp_path / "metrics" / f"{DS}.json").read_text())
+    assert on_disk == res and list(res) == ["test", "valid"]
+    conds = ["r0.0", "r0.3", "r0.7", "miss_text", "miss_vision", "miss_audio", "miss_face"]
+    for split in ("test", "valid"):
+        assert list(res[split]) == conds
+        for m in res[split].values():
+            assert list(m) == ["acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7", "acc5", "mae", "corr"]
+            assert 0.0 <= m["acc2_has0"] <= 1.0 and m["mae"] >= 0
+    lineage = json.loads((tmp_path / "metrics" / f"{DS}_lineage.json").read_text())
+    assert lineage["trml"]["provenance"]["modalities"]["face"]["weights_id"] == "face-weights:v1"
+    assert (tmp_path / "plots" / DS / "missing_rate.png").read_bytes()[:4] == b"\x89PNG"
+    table = (tmp_path / "plots" / DS / "missing_rate.csv").read_text().splitlines()
+    assert table[0].startswith("rate,acc2_has0") and [r.split(",")[0] for r in table[1:]] == ["0.0", "0.3", "0.7"]
+    assert (tmp_path / "plots" / DS / "train_trml.csv").is_file()
+    # The same evaluation again gives the same bytes.
+    before = (tmp_path / "metrics" / f"{DS}.json").read_bytes()
+    evaluate(DS, mc, tc, ec, fixture_dir, tmp_path / "models", tmp_path / "metrics", tmp_path / "plots")
+    assert (tmp_path / "metrics" / f"{DS}.json").read_bytes() == before
+    # A checkpoint trained with other settings is not passed off as this one.
+    with pytest.raises(StaleModelError, match="train.lr"):
+        evaluate(DS, mc, small_train(epochs=2, lr=0.01), ec, fixture_dir, tmp_path / "models",
+                 tmp_path / "metrics", tmp_path / "plots")
+
+
+def test_compare_writes_every_variant(fixture_dir, tmp_path):
+    from trml.compare import compare
+    ec = EvaluateConfig(test_missing_rates=[0.0, 0.5])
+    res = compare(DS, small_model(), small_train(epochs=2), ec, CompareConfig(), fixture_dir,
+                  tmp_path / "models", tmp_path / "metrics", tmp_path / "plots")
+    assert list(res) == ["trml", "zero_fill", "no_sml", "upper_bound"]
+    assert json.loads((tmp_path / "metrics" / f"{DS}_compare.json").read_text()) == res
+    assert set(json.loads((tmp_path / "metrics" / f"{DS}_compare_lineage.json").read_text())) == set(res)
+    for variant, by_cond in res.items():
+        assert list(by_cond) == ["r0.0", "r0.5", "miss_text", "miss_vision", "miss_audio", "miss_face"]
+        assert (tmp_path / "models" / DS / variant / "best.pt").is_file()
+    # The upper bound is one reference (trained and tested on complete data), the same at every rate.
+    assert all(v == res["upper_bound"]["r0.0"] for v in res["upper_bound"].values())
+    ub = torch.load(tmp_path / "models" / DS / "upper_bound" / "best.pt", weights_only=True)
+    assert ub["config"]["train"]["variant"] == "upper_bound"
+    summary = json.loads((tmp_path / "models" / DS / "upper_bound" / "summary.json").read_text())
+    assert summary["train_missing_rate"] == 0.0 and summary["sml"] is True
+    assert json.loads((tmp_path / "models" / DS / "no_sml" / "summary.json").read_text())["sml"] is False
+    mae = (tmp_path / "plots" / DS / "compare" / "mae.csv").read_text().splitlines()
+    assert mae[0] == "variant,rate,value" and len(mae) == 1 + 4 * 2
+    assert [row.split(",")[:2] for row in mae[1:3]] == [["trml", "0.0"], ["trml", "0.5"]]
+    assert mae[-1] == f"upper_bound,0.5,{res['upper_bound']['r0.5']['mae']:.4f}"
+    assert (tmp_path / "plots" / DS / "compare.png").is_file()
+
+
+def test_classification_task(tmp_path):
+    from trml.evaluate import evaluate
+    from trml.train import train
+    root = write_fixture(tmp_path / "cls", task="classification")
+    mc = small_model(modalities={"text": "text_minilm", "vision": None, "audio": None, "face": None})
+    tc = small_train(epochs=2, early_stop_on="wf1")
+    summary = train(DS, mc, tc, root, tmp_path / "models")
+    assert summary["best_valid"]["valid_wf1"] is not None
+    res = evaluate(DS, mc, tc, EvaluateConfig(test_missing_rates=[0.0, 0.3]), root, tmp_path / "models",
+                   tmp_path / "metrics", tmp_path / "plots")
+    assert list(res["test"]) == ["r0.0", "r0.3"]                   # one modality: no patterns
+    assert list(res["test"]["r0.0"]) == ["acc", "wf1"]
+    # With one modality, "never all missing" keeps every row's text: the rate changes nothing.
+    assert res["test"]["r0.0"] == res["test"]["r0.3"]
+
+
+# ---------------------------------------------------------------- the benchmark's synthetic tables
+
+def test_benchmark_tables_follow_the_contract(tmp_path):
+    from trml.benchmark import SHAPES, write_synthetic
+    write_synthetic(tmp_path, train=64, valid=16, test=16)
+    for name, (modality, kind, dim, _) in SHAPES.items():
+        schema = pq.read_schema(tmp_path / "features" / "bench" / f"{name}.parquet")
+        ref = feature_schema(TableInfo(name, modality, kind, dim, "x", "1", "w"))
+        assert schema.remove_metadata().equals(ref.remove_metadata())
+        assert set(schema.metadata) == set(ref.metadata)
+    data = load_dataset("bench", ModelConfig(modalities={m: n for n, (m, *_) in SHAPES.items()}), tmp_path)
+    assert data.modalities[1].x.shape[1:] == (8, 512) and data.modalities[2].x.shape[1:] == (60, 30)
+
+
+def test_non_finite_values_are_kept_out_of_the_statistics(tmp_path, caplog):
+    root = write_fixture(tmp_path / "nan")
+    path = root / "features" / DS / "face_mediapipe.parquet"
+    t = pq.read_table(path)
+    rows = t.to_pylist()
+    target = next(i for i, r in enumerate(rows) if r["utterance_id"] == "vid000/0")
+    rows[target]["seq"][0][0] = float("nan")
+    rows[target]["seq"][1][2] = float("inf")
+    write_atomic(pa.Table.from_pylist(rows, schema=t.schema), path)
+    clean = load_dataset(DS, small_model(), write_fixture(tmp_path / "clean"))
+    with caplog.at_level("WARNING"):
+        data = load_dataset(DS, small_model(), root)
+    assert "2 non-finite feature values" in caplog.text
+    face = data.modalities[3]
+    assert torch.isfinite(face.x).all()
+    assert face.x[0, 0, 0] == 0 and face.x[0, 1, 2] == 0                    # the train mean, z-scored
+    assert face.x[0, 0, 1] == clean.modalities[3].x[0, 0, 1]
+    # Two values fewer in the statistics move them only slightly; nothing becomes NaN.
+    assert torch.allclose(data.standardization["face"]["mean"], clean.standardization["face"]["mean"], atol=0.05)
+
+
+def test_memory_mapped_tensors_equal_in_memory_ones(data, fixture_dir, tmp_path):
+    mapped = load_dataset(DS, small_model(), fixture_dir, memmap_dir=tmp_path / "mm")
+    assert sorted(p.name for p in (tmp_path / "mm").iterdir()) == [
+        f"{DS}.{s}.npy" for s in sorted(SETS.values())]
+    for a, b in zip(data.modalities, mapped.modalities):
+        assert torch.equal(a.x, b.x) and torch.equal(a.present, b.present)

@@ -1,0 +1,178 @@
+"""The TRML model (arXiv 2401.13697), readable top to bottom.
+
+    paper                                         here
+    x_t = f_t(T) in R^(1 x d)  (CLIP text)        EmbEncoder: projection of the text embedding
+    x_v = f_v(V) in R^(n x d)  + an RNN            SeqEncoder: GRU (or LSTM) over the frame embeddings
+    (extension) audio, face sequences              SeqEncoder each
+    Missing Modality Inference (MMI)               MMIGenerator: virtual h_k from the present h_j, j != k
+                                                   (default: a translator G_jk per pair, averaged)
+    "uses it in place of a missing one"            h_k := mask_k ? real h_k : virtual h_k
+    fusion + prediction                            concat of the K representations -> MLP head
+    SML, L = L_task + alpha * L_sml                trml/losses.py (InfoNCE between virtual and real h_k)
+
+The missing-modality contract: an input entry whose mask is False is replaced by zeros with
+torch.where BEFORE any layer sees it (multiplying by 0 would still let NaN/inf through), and a
+missing modality's representation is then replaced by its virtual one, which is computed only from
+the other, present modalities. A masked input therefore cannot change the output, whatever it holds.
+
+Variants (train.variant):
+    trml, upper_bound  MMI + SML (upper_bound is trained on complete data)
+    no_sml             MMI without SML (same network, alpha ignored)
+    zero_fill          no MMI: a missing modality's input is zeros and goes through its encoder as is
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from trml.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one modality's tensors look like (from the feature table's metadata)."""
+    name: str           # text | vision | audio | face
+    kind: str           # emb: (B, d) | seq: (B, T, d) with lengths (B,)
+    dim: int
+
+
+class EmbEncoder(nn.Module):
+    """A single embedding (the text) -> h in R^H."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.norm(self.net(x))
+
+
+class SeqEncoder(nn.Module):
+    """A sequence (frame embeddings, audio frames, face frames) -> the RNN's last hidden state in R^H."""
+
+    def __init__(self, dim: int, hidden: int, rnn: str, layers: int, dropout: float):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout))
+        rnn_cls = nn.GRU if rnn == "gru" else nn.LSTM
+        self.rnn = rnn_cls(hidden, hidden, num_layers=layers, batch_first=True,
+                           dropout=dropout if layers > 1 else 0.0)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # Packing makes the RNN stop at each row's last real step: padding never enters the state.
+        packed = pack_padded_sequence(self.proj(x), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, state = self.rnn(packed)
+        last = state[0] if isinstance(state, tuple) else state       # LSTM returns (h_n, c_n)
+        return self.norm(last[-1])
+
+
+def _mlp(dims: list[int], dropout: float) -> nn.Sequential:
+    blocks: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        blocks.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            blocks += [nn.GELU(), nn.Dropout(dropout)]
+    return nn.Sequential(*blocks)
+
+
+class MMIGenerator(nn.Module):
+    """Missing Modality Inference for modality k: the present h_j (j != k) -> virtual h_k.
+
+    concat:   one MLP over [h_j * present_j, present_j for all j != k] (sees every combination at once).
+    pairwise: one translator G_jk per source modality, averaged over the present sources:
+              virtual h_k = LayerNorm( mean_{j present} G_jk(h_j) ). Each G_jk learns from every sample
+              where j and k are both there, whatever else is missing, which suits small datasets.
+    """
+
+    def __init__(self, n_others: int, hidden: int, layers: int, dropout: float, kind: str = "pairwise"):
+        super().__init__()
+        self.kind = kind
+        if kind == "concat":
+            self.net = _mlp([n_others * (hidden + 1)] + [hidden] * layers, dropout)
+        else:
+            self.nets = nn.ModuleList(_mlp([hidden] * (layers + 1), dropout) for _ in range(n_others))
+        self.norm = nn.LayerNorm(hidden)       # the same output scale as a real representation
+
+    def forward(self, others: torch.Tensor, others_mask: torch.Tensor) -> torch.Tensor:
+        # others (B, K-1, H) with absent rows already zeroed; others_mask (B, K-1) bool.
+        if self.kind == "concat":
+            return self.norm(self.net(torch.cat([others.flatten(1), others_mask.to(others.dtype)], dim=1)))
+        translated = torch.stack([net(others[:, j]) for j, net in enumerate(self.nets)], 1)    # (B, K-1, H)
+        translated = torch.where(others_mask.unsqueeze(-1), translated, torch.zeros_like(translated))
+        n_present = others_mask.sum(1, keepdim=True).clamp(min=1).to(translated.dtype)
+        return self.norm(translated.sum(1) / n_present)
+
+
+@dataclass
+class Output:
+    pred: torch.Tensor       # (B,) regression | (B, C) class logits
+    real: torch.Tensor       # (B, K, H): encoder outputs (meaningful where mask is True)
+    virtual: torch.Tensor    # (B, K, H): MMI outputs (zeros for zero_fill or a single modality)
+    mask: torch.Tensor       # (B, K) bool, the mask the forward pass used
+
+
+class TRML(nn.Module):
+    def __init__(self, cfg: ModelConfig, inputs: list[InputSpec], n_outputs: int, variant: str = "trml"):
+        super().__init__()
+        self.inputs = list(inputs)
+        self.names = [s.name for s in inputs]
+        self.n_outputs = n_outputs
+        self.use_mmi = variant != "zero_fill" and len(inputs) > 1   # MMI needs another modality to infer from
+        h, k = cfg.hidden, len(inputs)
+        self.encoders = nn.ModuleDict({
+            s.name: EmbEncoder(s.dim, h, cfg.dropout) if s.kind == "emb"
+            else SeqEncoder(s.dim, h, cfg.rnn, cfg.rnn_layers, cfg.dropout)
+            for s in inputs
+        })
+        self.mmi = nn.ModuleDict({
+            s.name: MMIGenerator(k - 1, h, cfg.mmi_layers, cfg.dropout, cfg.mmi) for s in inputs
+        }) if self.use_mmi else None
+        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(k * h, h), nn.GELU(),
+                                  nn.Dropout(cfg.dropout), nn.Linear(h, n_outputs))
+
+    def forward(self, batch: dict[str, tuple[torch.Tensor, torch.Tensor | None]], mask: torch.Tensor) -> Output:
+        """batch: {modality: (x, lengths)} as TRMLData.batch gives; mask (B, K) bool, True = use it."""
+        mask = mask.bool()
+        # 1. Encode each modality from its sanitised input (masked rows and padding are zeros).
+        real = torch.stack([self._encode(s, *batch[s.name], mask[:, i]) for i, s in enumerate(self.inputs)], 1)
+
+        # 2. MMI: the virtual representation of modality k from the present ones only.
+        if self.use_mmi:
+            known = torch.where(mask.unsqueeze(-1), real, torch.zeros_like(real))
+            virtual = torch.stack([
+                self.mmi[name](_drop_column(known, k), _drop_column(mask, k))
+                for k, name in enumerate(self.names)
+            ], 1)
+            # A missing modality's representation is REPLACED by its virtual one.
+            fused = torch.where(mask.unsqueeze(-1), real, virtual)
+        else:
+            virtual = torch.zeros_like(real)
+            fused = real                 # zero_fill: the encoder of a zero input stands in
+
+        # 3. Fusion and the task head.
+        pred = self.head(fused.flatten(1))
+        if self.n_outputs == 1:
+            pred = pred.squeeze(-1)
+        return Output(pred=pred, real=real, virtual=virtual, mask=mask)
+
+    def _encode(self, spec: InputSpec, x: torch.Tensor, lengths: torch.Tensor | None,
+                present: torch.Tensor) -> torch.Tensor:
+        if spec.kind == "emb":
+            x = torch.where(present.unsqueeze(-1), x, torch.zeros_like(x))
+            return self.encoders[spec.name](x)
+        steps = torch.arange(x.shape[1], device=x.device)
+        valid = present.unsqueeze(1) & (steps.unsqueeze(0) < lengths.unsqueeze(1))
+        x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
+        # A masked row runs over one zero step: its length (maybe poisoned, maybe 0) is not used.
+        lengths = torch.where(present, lengths.clamp(1, x.shape[1]), torch.ones_like(lengths))
+        return self.encoders[spec.name](x, lengths)
+
+
+def _drop_column(t: torch.Tensor, k: int) -> torch.Tensor:
+    """t without column k along dim 1 (the other modalities)."""
+    return torch.cat([t[:, :k], t[:, k + 1:]], dim=1)
+
