@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 log = logging.getLogger("flows.plots")
@@ -64,9 +65,16 @@ def offline_template(cache_dir: Path = Path(".cache/offline-plots")) -> Path:
     return template
 
 
-def show_plots(out_dir: Path = Path("dvc_plots"), dvc: str = "dvc") -> Path:
+def dvc_executable() -> str:
+    """The dvc installed beside this Python (the project's venv), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dvc"
+    return str(beside) if beside.is_file() else (shutil.which("dvc") or "dvc")
+
+
+def show_plots(out_dir: Path = Path("dvc_plots"), dvc: str | None = None) -> Path:
     """Run `dvc plots show` with the offline template; return the index.html path."""
     template = offline_template()
+    dvc = dvc or dvc_executable()
     proc = subprocess.run([dvc, "plots", "show", "--html-template", str(template), "-o", str(out_dir)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
