@@ -79,6 +79,9 @@ class AudioConfig(Strict):
     fmin: float = Field(65.0, gt=0)
     fmax: float = Field(500.0, gt=0)
     silence_db: float = Field(-60.0, le=0, description="a clip whose peak RMS is below this is 'silent'")
+    voicing_threshold: float = Field(
+        0.5, ge=0, le=1, description="f0_method yin: a frame is voiced when its normalised autocorrelation at "
+        "the yin period reaches this (pyin decides voicing itself)")
     max_seconds: float = Field(60.0, gt=0, description="longer audio is truncated (recorded in detail)")
 
 
@@ -94,6 +97,9 @@ class ExtractConfig(Strict):
     shard_size: int = Field(16, ge=1, le=100_000, description="utterances per Prefect task")
     max_workers: int = Field(2, ge=1, le=256)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    decode_workers: int = Field(
+        2, ge=1, le=64, description="vision_clip and face_mediapipe: threads decoding clips ahead of the model "
+        "(audio_librosa uses one decoder process)")
     clip: ClipConfig = ClipConfig()
     text_clip: TextClipConfig = TextClipConfig()
     text_minilm: TextMiniLMConfig = TextMiniLMConfig()

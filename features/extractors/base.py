@@ -1,0 +1,114 @@
+"""The extractor interface shared by every feature set, plus the helpers they all use.
+
+An extractor is built once (weights loaded once), then `extract` is called on batches of items.
+Bad media never raises out of `extract`: it becomes that item's row with a status and detail.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from features.media import MediaError
+from features.store import FeatureRow, TableInfo
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class MediaItem:
+    """One utterance to extract: its id, its media file (absolute, or None when absent) and its text."""
+    utterance_id: str
+    media_path: Path | None = None
+    text: str | None = None
+
+
+class Extractor(ABC):
+    """Turns MediaItems into FeatureRows for one feature set. Subclasses set the class attributes."""
+
+    feature_set: ClassVar[str]
+    modality: ClassVar[str]
+    kind: ClassVar[str]                # "emb" | "seq"
+    extractor_version: ClassVar[str]   # bump when the output for the same input and params changes
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+
+    @abstractmethod
+    def info(self) -> TableInfo:
+        """What the table holds and how it was made (weights id and sha256, feature names, params)."""
+
+    @abstractmethod
+    def extract(self, items: list[MediaItem]) -> list[FeatureRow]:
+        """One row per item, in the same order. Per-item bad media gives a status row, never an exception."""
+
+    def config_fingerprint(self) -> str:
+        """sha256 of everything that decides the output besides the input: a cache key for shards."""
+        info = self.info()
+        payload = {
+            "feature_set": info.feature_set, "extractor": info.extractor,
+            "extractor_version": info.extractor_version, "weights_id": info.weights_id,
+            "weights_sha256": info.weights_sha256, "dim": info.dim,
+            "feature_names": info.feature_names, "params": info.params,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _table_info(self, dim: int, weights_id: str, weights_sha256: str | None,
+                    feature_names: list[str] | None, params: dict[str, Any]) -> TableInfo:
+        return TableInfo(feature_set=self.feature_set, modality=self.modality, kind=self.kind, dim=dim,
+                         extractor=f"{type(self).__module__}.{type(self).__name__}",
+                         extractor_version=self.extractor_version, weights_id=weights_id,
+                         weights_sha256=weights_sha256, feature_names=feature_names,
+                         params={**params, "device": self.device})
+
+    def close(self) -> None:
+        """Release resources held between calls (nothing by default)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def versions(*dists: str) -> dict[str, str]:
+    """Installed versions of the libraries that shape an extractor's floats (recorded in params)."""
+    out = {}
+    for dist in dists:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def status_row(item: MediaItem, status: str, detail: str) -> FeatureRow:
+    return FeatureRow(utterance_id=item.utterance_id, status=status, detail=detail)
+
+
+def guarded(item: MediaItem, load: Callable[[Path], T]) -> T | FeatureRow:
+    """Run `load` on the item's media; a failure becomes the item's status row.
+
+    Anything a single file can make the decoder raise is that file's problem, so unexpected decoder
+    exceptions become decode_error too (with their type), and the rest of the shard carries on.
+    """
+    if item.media_path is None:
+        return status_row(item, "missing_file", "no media file for this utterance in the manifest")
+    try:
+        return load(Path(item.media_path))
+    except MediaError as exc:
+        return status_row(item, exc.status, exc.detail)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        log.warning("%s: unexpected %s while decoding %s: %s", item.utterance_id, type(exc).__name__,
+                    item.media_path, exc)
+        return status_row(item, "decode_error", f"{item.media_path}: {type(exc).__name__}: {exc}")

