@@ -6,6 +6,7 @@ already exported wins.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -25,9 +26,18 @@ DEFAULTS: dict[str, str] = {
 }
 
 
+# Prefect's API client logs every HTTP request at INFO; under the CLI's INFO root logger that buries
+# our progress lines. Raised only where nobody chose a level.
+NOISY_LOGGERS = ("httpx", "httpcore")
+
+
 def apply_defaults() -> None:
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+    for name in NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
 
 
 apply_defaults()

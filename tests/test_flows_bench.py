@@ -1,0 +1,33 @@
+"""`trml bench` end to end on a small sample: throughput, overhead ratio and the peak RSS of a real
+`trml extract --all` subprocess, printed and written as JSON."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows.bench import run_bench
+from flows.params import Params
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_reports_throughput_ratio_and_peak_memory(tmp_path, capsys):
+    params = Params.model_validate({"datasets": {"sample": {"layout": "mmsa"}}, "sample": {"size": 12},
+                                    "feature_sets": ["audio_librosa"], "extract": {"device": "cpu"}})
+    out = tmp_path / "bench.json"
+    report = run_bench(params, sizes=[12, 24], feature_sets=None, out=out)
+
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    [audio] = report["feature_sets"]
+    assert audio["feature_set"] == "audio_librosa" and audio["clips"] == 12
+    assert audio["ok_clips"] == 10                      # all but the corrupt file and the clip without audio
+    assert audio["frames"] > 0 and audio["clips_per_s"] > 0 and audio["ratio"] > 0
+    assert [m["size"] for m in report["memory"]] == [12, 24]
+    for run in report["memory"]:
+        assert run["feature_sets"] == ["audio_librosa"]
+        assert run["peak_rss_bytes"] > 100 << 20 and run["peak_tree_rss_bytes"] > 100 << 20
+        assert run["wall_s"] > 0
+    assert report["machine"]["cpu_count"] >= 1
+    printed = capsys.readouterr().out
+    assert "ratio" in printed and "peak RSS" in printed
