@@ -1,0 +1,162 @@
+"""The DVC pipeline end to end, on a small sample, in a throwaway copy of the project (a real git + DVC repo).
+
+These are the slow tests: real `dvc repro`, `dvc exp run`, `dvc exp show`, and a local remote.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def small_params(params: dict) -> dict:
+    """The demo's params, shrunk so that a full `dvc repro` takes a couple of minutes."""
+    params["sample"]["size"] = 36
+    params["extract"]["vision_clip"]["n_frames"] = 4
+    params["extract"]["face_mediapipe"]["n_frames"] = 4
+    params["train"]["epochs"] = 3
+    params["evaluate"]["test_missing_rates"] = [0.0, 0.5]
+    return params
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's source files (tracked or new, never ignored ones) in a fresh git + DVC repo."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    (dest / "params.yaml").write_text(yaml.safe_dump(small_params(params), sort_keys=False))
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], dest)
+    return dest
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    dest = copy_project(tmp_path_factory.mktemp("project"))
+    run(["dvc", "repro"], dest, timeout=1500)
+    return dest
+
+
+def test_repro_builds_every_output(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for ds in params["datasets"]:
+        assert (project / f"data/index/{ds}.parquet").is_file()
+        for fs in params["feature_sets"]:
+            assert (project / f"data/features/{ds}/{fs}.parquet").is_file()
+        metrics = json.loads((project / f"metrics/{ds}.json").read_text())
+        assert set(metrics["test"]) >= {"r0.0", "r0.5", "miss_text", "miss_vision"}
+        assert {"acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7", "acc5", "mae", "corr"} <= set(metrics["test"]["r0.0"])
+        compare = json.loads((project / f"metrics/{ds}_compare.json").read_text())
+        assert set(compare) == set(params["compare"]["variants"])
+        assert list((project / "plots" / ds).glob("*.png"))
+    # Outputs belong to DVC: git sees none of them.
+    untracked = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=project,
+                               capture_output=True, text=True).stdout
+    leaked = [line for line in untracked.splitlines()
+              if re.search(r"(data|models|metrics|plots)/", line) and not line.endswith(".gitignore")]
+    assert not leaked, leaked
+
+
+def test_second_repro_is_a_fast_noop(project):
+    start = time.perf_counter()
+    proc = run(["dvc", "repro"], project)
+    elapsed = time.perf_counter() - start
+    assert ran_stages(proc.stdout) == set()
+    assert elapsed < 5.0, f"no-op dvc repro took {elapsed:.1f}s"
+
+
+def test_training_param_reruns_only_training_stages(project):
+    params_path = project / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["train"]["alpha"] = params["train"]["alpha"] * 2 + 0.05
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        proc = run(["dvc", "repro"], project)
+    finally:
+        params_path.write_text(original)
+    stages = ran_stages(proc.stdout)
+    assert stages == {"train@sample", "evaluate@sample", "compare@sample"}, stages
+    run(["dvc", "repro"], project)  # back to the committed params
+
+
+def test_face_param_reruns_only_face_extraction_and_downstream(project):
+    params_path = project / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["extract"]["face_mediapipe"]["min_face_detection_confidence"] = 0.4
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        proc = run(["dvc", "repro"], project)
+    finally:
+        params_path.write_text(original)
+    stages = ran_stages(proc.stdout)
+    assert {s for s in stages if s.startswith("extract")} == {"extract@sample-face_mediapipe"}, stages
+    assert not {s for s in stages if s.startswith(("sample", "index"))}
+    run(["dvc", "repro"], project)
+
+
+def test_experiments_show_params_and_metrics(project):
+    run(["dvc", "exp", "run", "-n", "alpha-0", "-S", "train.alpha=0.0"], project)
+    run(["dvc", "exp", "run", "-n", "alpha-1", "-S", "train.alpha=1.0"], project)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    exps = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            rev = exp["revs"][0]
+            data = rev["data"]
+            exps[rev["name"]] = (data["params"]["params.yaml"]["data"]["train"]["alpha"],
+                                 data["metrics"]["metrics/sample.json"]["data"]["test"]["r0.5"])
+    assert exps["alpha-0"][0] == 0.0 and exps["alpha-1"][0] == 1.0
+    assert exps["alpha-0"][1] != exps["alpha-1"][1]
+    table = run(["dvc", "exp", "show", "--csv"], project).stdout  # the same table as `dvc exp show`
+    header = table.splitlines()[0].split(",")
+    assert "train.alpha" in header and "alpha-0" in table and "alpha-1" in table
+
+
+def test_local_remote_round_trip_skips_extraction(project, tmp_path):
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "-d", "-f", "local", str(remote)], project)
+    run(["dvc", "push"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "lock and remote"], project)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    run(["dvc", "pull"], clone)
+    proc = run(["dvc", "repro"], clone)
+    assert not {s for s in ran_stages(proc.stdout) if s.startswith(("extract", "sample", "index"))}
+    a = json.loads((project / "metrics/sample.json").read_text())
+    b = json.loads((clone / "metrics/sample.json").read_text())
+    assert a == b
