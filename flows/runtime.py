@@ -18,10 +18,11 @@ DEFAULTS: dict[str, str] = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_HOME": str(_PROJECT_CACHE / "prefect"),  # SQLite DB of the temporary server, results cache
     "PREFECT_LOGGING_LEVEL": "WARNING",               # our own progress goes through `logging` (trml.*)
-    # On 2 busy cores the temporary API server can need more than Prefect's default 20 s to start.
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # On 2 busy cores the temporary API server can need minutes to start (a new SQLite DB is migrated first).
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
     "HF_HUB_OFFLINE": "1",                            # fail fast instead of a minute of retries
     "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",              # no "Loading weights" bars in DVC logs
     "TOKENIZERS_PARALLELISM": "false",                # tokenizers warns (and can deadlock) with threads + fork
 }
 

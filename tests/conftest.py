@@ -14,7 +14,7 @@ for key, value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "PREFECT_HOME": str(_CACHE / "prefect-tests"),
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
     "XDG_CACHE_HOME": str(_CACHE),
     "MPLCONFIGDIR": str(_CACHE / "matplotlib"),
     "HF_HOME": str(_CACHE / "huggingface"),
