@@ -151,7 +151,8 @@ def bare_runner(extractor: Extractor, items: list[MediaItem]) -> tuple[Callable[
         batches = []
         for s in range(0, len(texts), bs):
             features = model.tokenize(texts[s:s + bs])
-            batches.append({k: v.to(extractor.device) for k, v in features.items()})
+            # Besides tensors, the tokenizer output may carry plain entries (e.g. which keys held text).
+            batches.append({k: v.to(extractor.device) if hasattr(v, "to") else v for k, v in features.items()})
 
         def run():
             with torch.inference_mode():

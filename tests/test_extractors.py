@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -260,6 +261,10 @@ def test_vision_clip_is_deterministic_and_written_identically(clips, cfg, tmp_pa
         a = write_atomic(rows_to_table(ext.extract(items), ext.info()), tmp_path / "a.parquet")
         b = write_atomic(rows_to_table(ext.extract(items), ext.info()), tmp_path / "b.parquet")
     assert a.read_bytes() == b.read_bytes()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(a.stat().st_mode) == 0o666 & ~umask, "readable like any file the user writes"
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file left behind"
     meta = read_metadata(a)
     assert meta["weights_id"] == "ViT-B-32:random-init(seed=0)" and meta["feature_set"] == "vision_clip"
     assert json.loads(meta["params"])["clip"]["pretrained"] is None
@@ -367,3 +372,14 @@ def test_bench_reports_ratios_on_the_same_inputs(clips, cfg):
         assert r.end_to_end_s > 0 and r.bare_s > 0 and r.ratio == pytest.approx(r.end_to_end_s / r.bare_s)
         assert r.target == 1.3 and "ratio" in format_result(r)
         assert set(r.to_dict()) >= {"clips_per_s", "frames_per_s", "ratio", "meets_target"}
+
+
+def test_bench_covers_the_text_feature_sets(cfg):
+    from features.bench import bench_feature_set
+
+    items = [MediaItem("a", None, text="a happy little film"), MediaItem("b", None, text="  "),
+             MediaItem("c", None, text="ça ne va pas du tout")]
+    for fs in ("text_minilm", "text_clip"):
+        r = bench_feature_set(fs, items, cfg, repeats=1)
+        assert r.clips == 3 and r.ok_clips == 2 and r.frames == 2, fs
+        assert r.end_to_end_s > 0 and r.bare_s > 0 and r.target is None and r.meets_target is None
