@@ -148,9 +148,10 @@ def bare_runner(extractor: Extractor, items: list[MediaItem]) -> tuple[Callable[
         import torch
 
         model, bs = extractor.model, extractor.cfg.batch_size
+        tokenize = getattr(model, "preprocess", None) or model.tokenize   # `tokenize` is deprecated in 6.x
         batches = []
         for s in range(0, len(texts), bs):
-            features = model.tokenize(texts[s:s + bs])
+            features = tokenize(texts[s:s + bs])
             # Besides tensors, the tokenizer output may carry plain entries (e.g. which keys held text).
             batches.append({k: v.to(extractor.device) if hasattr(v, "to") else v for k, v in features.items()})
 

@@ -69,9 +69,9 @@ def cmd_extract(args) -> int:
 def cmd_train(args) -> int:
     from trml.train import train
     p = _params(args)
-    ds = p.dataset(args.dataset)
+    model = p.model_for(args.dataset)          # a raw dataset, or an imported MMSA pickle (its own modalities)
     cfg = p.train if args.variant is None else p.train.model_copy(update={"variant": args.variant})
-    train(ds.name, p.model, cfg, data_dir=Path(args.data_dir), models_dir=Path(args.models_dir),
+    train(args.dataset, model, cfg, data_dir=Path(args.data_dir), models_dir=Path(args.models_dir),
           plots_dir=Path(args.plots_dir))
     return 0
 
@@ -79,8 +79,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from trml.evaluate import evaluate
     p = _params(args)
-    ds = p.dataset(args.dataset)
-    evaluate(ds.name, p.model, p.train, p.evaluate, data_dir=Path(args.data_dir),
+    evaluate(args.dataset, p.model_for(args.dataset), p.train, p.evaluate, data_dir=Path(args.data_dir),
              models_dir=Path(args.models_dir), metrics_dir=Path(args.metrics_dir),
              plots_dir=Path(args.plots_dir))
     return 0
@@ -89,8 +88,7 @@ def cmd_evaluate(args) -> int:
 def cmd_compare(args) -> int:
     from trml.compare import compare
     p = _params(args)
-    ds = p.dataset(args.dataset)
-    compare(ds.name, p.model, p.train, p.evaluate, p.compare, data_dir=Path(args.data_dir),
+    compare(args.dataset, p.model_for(args.dataset), p.train, p.evaluate, p.compare, data_dir=Path(args.data_dir),
             models_dir=Path(args.models_dir), metrics_dir=Path(args.metrics_dir),
             plots_dir=Path(args.plots_dir))
     return 0
@@ -112,9 +110,15 @@ def cmd_serve(args) -> int:
 
 def cmd_import_mmsa(args) -> int:
     from features.mmsa_pickle import import_mmsa
+    if Path(args.params).is_file():         # in a project: never overwrite a raw dataset's manifest
+        p = _params(args)
+        if args.dataset in p.datasets:
+            raise ParamsError(f"--dataset {args.dataset} is datasets.{args.dataset} in {args.params} (raw media); "
+                              f"importing would overwrite its manifest. Pick another name, e.g. "
+                              f"{args.dataset}_mmsa, and add it under `mmsa_pickles:` to train on it with dvc")
     try:
         summary = import_mmsa(Path(args.pkl), args.dataset, Path(args.index_dir), Path(args.features_dir))
-    except (pickle.UnpicklingError, ValueError, KeyError) as exc:
+    except (pickle.UnpicklingError, ValueError, KeyError, OSError) as exc:
         print(f"error: {args.pkl}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
@@ -284,8 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # Libraries log at WARNING (open_clip logs every step of model creation at INFO on the root logger);
+    # this project's own progress logs at INFO. -v shows everything.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for package in ("trml", "features", "flows"):
+        logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args) or 0
     except (ParamsError, AdapterError) as exc:
