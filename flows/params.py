@@ -2,17 +2,56 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from features.config import FEATURE_SETS, DatasetConfig, ExtractConfig, FeatureSet, SampleConfig, Strict
-from trml.config import CompareConfig, EvaluateConfig, ModelConfig, TrainConfig
+from trml.config import CompareConfig, EvaluateConfig, ModalitiesConfig, ModelConfig, TrainConfig
+
+
+class MmsaModalities(ModalitiesConfig):
+    """model.modalities for an imported MMSA pickle: its three tables, any of them switchable off."""
+    text: Literal["mmsa_text"] | None = Field("mmsa_text", description="MMSA's text (BERT or GloVe per token)")
+    vision: Literal["mmsa_vision"] | None = Field("mmsa_vision", description="MMSA's vision (e.g. OpenFace, Facet)")
+    audio: Literal["mmsa_audio"] | None = Field("mmsa_audio", description="MMSA's audio (e.g. COVAREP, librosa)")
+    face: None = Field(None, description="an MMSA pickle has no separate face table")
+
+    @field_validator("face", mode="before")
+    @classmethod
+    def _no_face(cls, v):
+        if v is not None:
+            raise ValueError("an MMSA pickle has no face table (MMSA's facial features are its vision); "
+                             "set it to null or leave it out")
+        return v
+
+    @model_validator(mode="after")
+    def _one_on(self):
+        if not self.enabled():
+            raise ValueError("every modality is null; keep at least one of text, audio, vision")
+        return self
+
+
+class MmsaPickleConfig(Strict):
+    """An MMSA / MMSA-FET feature pickle imported by the import_mmsa stage (`trml import-mmsa`).
+
+    It has no raw media: index and extract do not run for it. Its tables are mmsa_{text,audio,vision};
+    train, evaluate and compare use `model` with `modalities` replaced by this entry's.
+    """
+    # No dots: dvc.yaml reads the params key mmsa_pickles.<name>, and a dot would split it.
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", description="used in every output path")
+    pickle: Path = Field(description="the .pkl (aligned_50.pkl, unaligned_50.pkl); a DVC dependency")
+    task: Literal["regression"] = Field(
+        "regression", description="the importer reads MMSA's regression_labels (in [-3, 3])")
+    modalities: MmsaModalities = Field(MmsaModalities(), description="feature set per modality; null = off")
 
 
 class Params(Strict):
     # Keyed by dataset name: dvc.yaml's foreach/matrix loop over these keys.
     datasets: dict[str, DatasetConfig] = Field(min_length=1)
+    # Imported MMSA feature pickles, keyed by dataset name (dvc.yaml: import_mmsa, train_mmsa, ...).
+    mmsa_pickles: dict[str, MmsaPickleConfig] = Field(default_factory=dict)
     feature_sets: list[FeatureSet] = Field(default_factory=lambda: list(FEATURE_SETS), min_length=1)
     sample: SampleConfig = SampleConfig()
     extract: ExtractConfig = ExtractConfig()
@@ -24,24 +63,59 @@ class Params(Strict):
     @model_validator(mode="before")
     @classmethod
     def _name_datasets(cls, data):
-        """Each dataset's name is its key under `datasets:`."""
-        if isinstance(data, dict) and isinstance(data.get("datasets"), dict):
+        """Each dataset's name is its key under `datasets:` (and under `mmsa_pickles:`)."""
+        if not isinstance(data, dict):
+            return data
+        if "mmsa_pickles" in data and data["mmsa_pickles"] is None:
+            raise ValueError("mmsa_pickles is null (an empty `mmsa_pickles:` line); write `mmsa_pickles: {}` "
+                             "or give it entries (dvc.yaml loops over it, so it must be a mapping)")
+        for section in ("datasets", "mmsa_pickles"):
+            if not isinstance(data.get(section), dict):
+                continue
             named = {}
-            for key, block in data["datasets"].items():
+            for key, block in data[section].items():
+                if section == "mmsa_pickles" and "." in str(key):
+                    raise ValueError(f"mmsa_pickles.{key}: a name with a dot breaks dvc.yaml's params key "
+                                     f"mmsa_pickles.<name>; rename it, e.g. {str(key).replace('.', '_')}")
                 if isinstance(block, dict):
                     if "name" in block and block["name"] != key:
-                        raise ValueError(f"datasets.{key}.name is {block['name']!r}; remove it "
+                        raise ValueError(f"{section}.{key}.name is {block['name']!r}; remove it "
                                          f"(a dataset's name is its key)")
                     block = {**block, "name": str(key)}
                 named[key] = block
-            data = {**data, "datasets": named}
+            data = {**data, section: named}
+        if isinstance(data.get("datasets"), dict) and isinstance(data.get("mmsa_pickles"), dict):
+            clash = sorted(set(map(str, data["datasets"])) & set(map(str, data["mmsa_pickles"])))
+            if clash:
+                name = clash[0]
+                raise ValueError(f"datasets.{name} and mmsa_pickles.{name} both define dataset {name!r}; "
+                                 f"their outputs (data/index/{name}.parquet, models/{name}, ...) would collide. "
+                                 f"Rename one of the two keys")
         return data
 
+    def known_datasets(self) -> str:
+        return f"datasets: {sorted(self.datasets)}, mmsa_pickles: {sorted(self.mmsa_pickles)}"
+
     def dataset(self, name: str) -> DatasetConfig:
+        """A raw dataset (one with media to index and extract)."""
         if name in self.datasets:
             return self.datasets[name]
-        raise ParamsError(f"dataset {name!r} is not in params.yaml datasets "
-                          f"(known: {sorted(self.datasets)}); add a block for it under `datasets:`")
+        if name in self.mmsa_pickles:
+            raise ParamsError(f"dataset {name!r} is an imported MMSA pickle (mmsa_pickles.{name}): it has no raw "
+                              f"media to index or extract. Its tables come from `trml import-mmsa` "
+                              f"(`dvc repro import_mmsa`); train, evaluate and compare work on it")
+        raise ParamsError(f"dataset {name!r} is not in params.yaml ({self.known_datasets()}); add a block "
+                          f"for it under `datasets:` (raw media) or `mmsa_pickles:` (an MMSA feature pickle)")
+
+    def model_for(self, name: str) -> ModelConfig:
+        """`model` as training on dataset `name` uses it: an MMSA pickle brings its own `modalities`."""
+        if name in self.mmsa_pickles:
+            mods = self.mmsa_pickles[name].modalities
+            return self.model.model_copy(update={"modalities": ModalitiesConfig(**mods.model_dump())})
+        if name in self.datasets:
+            return self.model
+        raise ParamsError(f"dataset {name!r} is not in params.yaml ({self.known_datasets()}); add a block "
+                          f"for it under `datasets:` (raw media) or `mmsa_pickles:` (an MMSA feature pickle)")
 
 
 class ParamsError(ValueError):
@@ -71,6 +145,10 @@ def format_validation_error(path: Path, exc: ValidationError) -> str:
         given = err.get("input")
         if err["type"] == "extra_forbidden":
             lines.append(f"  - {key}: unknown key (given {given!r}). Remove it or check its spelling.")
+        elif err["type"] == "missing":
+            lines.append(f"  - {key}: required, but not given. Add it.")
+        elif not err["loc"]:         # a whole-file check: the message names the keys; the input is the file
+            lines.append(f"  - {err['msg'].removeprefix('Value error, ')}.")
         else:
             allowed = err["msg"]
             lines.append(f"  - {key}: given {given!r}; {allowed}.")

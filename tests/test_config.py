@@ -37,6 +37,21 @@ def test_project_params_are_valid():
     (lambda d: d.update(feature_sets=["text_bert"]), "feature_sets.0", "'text_clip'"),
     (lambda d: d.update(extra_section={}), "extra_section", "unknown key"),
     (lambda d: d["datasets"]["sample"].update(name="other"), "", "a dataset's name is its key"),
+    # Imported MMSA pickles (mmsa_pickles: keyed by dataset name, like datasets:).
+    (lambda d: d.update(mmsa_pickles={"mosi": {"pickle": "m.pkl", "pickel": "m.pkl"}}),
+     "mmsa_pickles.mosi.pickel", "unknown key"),
+    (lambda d: d.update(mmsa_pickles={"mosi": {"task": "regression"}}), "mmsa_pickles.mosi.pickle", "Add it"),
+    (lambda d: d.update(mmsa_pickles={"sample": {"pickle": "m.pkl"}}), "datasets.sample and mmsa_pickles.sample",
+     "Rename one of the two keys"),
+    (lambda d: d.update(mmsa_pickles={"mosi": {"pickle": "m.pkl", "task": "classification"}}),
+     "mmsa_pickles.mosi.task", "'regression'"),
+    (lambda d: d.update(mmsa_pickles={"mosi": {"pickle": "m.pkl", "modalities": {"face": "face_mediapipe"}}}),
+     "mmsa_pickles.mosi.modalities.face", "no face table"),
+    (lambda d: d.update(mmsa_pickles={"mosi": {"pickle": "m.pkl", "modalities": {
+        "text": None, "audio": None, "vision": None}}}), "mmsa_pickles.mosi.modalities", "keep at least one"),
+    (lambda d: d.update(mmsa_pickles={"mosi.v2": {"pickle": "m.pkl"}}), "mmsa_pickles.mosi.v2", "e.g. mosi_v2"),
+    (lambda d: d.update(mmsa_pickles={"mosi v2": {"pickle": "m.pkl"}}), "mmsa_pickles.mosi v2.name", "pattern"),
+    (lambda d: d.update(mmsa_pickles=None), "", "write `mmsa_pickles: {}`"),
 ])
 def test_bad_params_name_the_key(tmp_path, mutate, key, words):
     path = write_params(tmp_path, mutate)
@@ -46,6 +61,25 @@ def test_bad_params_name_the_key(tmp_path, mutate, key, words):
     assert str(path) in msg
     assert key in msg
     assert words in msg
+
+
+def test_mmsa_pickle_datasets_bring_their_own_modalities(tmp_path):
+    path = write_params(tmp_path, lambda d: d.update(mmsa_pickles={
+        "mosi_aligned": {"pickle": "data/raw/mosi_mmsa/aligned_50.pkl"},
+        "mosei_av": {"pickle": "mosei.pkl", "modalities": {"text": None}}}))
+    p = load_params(path)
+    assert p.mmsa_pickles["mosi_aligned"].name == "mosi_aligned" and p.mmsa_pickles["mosi_aligned"].task == "regression"
+    model = p.model_for("mosi_aligned")
+    assert model.modalities.enabled() == {"text": "mmsa_text", "vision": "mmsa_vision", "audio": "mmsa_audio"}
+    assert model.hidden == p.model.hidden and model.standardize == p.model.standardize   # only modalities change
+    # A partial override keeps the other MMSA defaults (not model.modalities' feature sets).
+    assert p.model_for("mosei_av").modalities.enabled() == {"vision": "mmsa_vision", "audio": "mmsa_audio"}
+    assert p.model_for("sample") == p.model
+    with pytest.raises(ParamsError) as exc:
+        p.model_for("meld")
+    assert "datasets: ['sample']" in str(exc.value) and "mmsa_pickles: ['mosei_av', 'mosi_aligned']" in str(exc.value)
+    with pytest.raises(ParamsError, match="no raw media to index or extract"):
+        p.dataset("mosi_aligned")                       # `trml index/extract` refuse it with the reason
 
 
 def test_missing_and_malformed_files(tmp_path):
