@@ -13,46 +13,13 @@ import pytest
 from features.mmsa_pickle import UnsafePickleError, export_mmsa, import_mmsa, load_pickle
 from features.store import read_metadata
 from tests.conftest import ROOT
-
-
-def mmsa_split(rng, ids, la=7, lv=5, lt=6, da=5, dv=4, dt=8, zero_rows=()):
-    """One split in the exact structure MMSA's unaligned_50.pkl uses (arrays padded to a fixed length)."""
-    n = len(ids)
-    audio = np.zeros((n, la, da), np.float32)
-    vision = np.zeros((n, lv, dv), np.float32)
-    text = np.zeros((n, lt, dt), np.float32)
-    a_len = rng.integers(1, la + 1, n)
-    v_len = rng.integers(1, lv + 1, n)
-    t_len = rng.integers(1, lt + 1, n)
-    bert = np.zeros((n, 3, lt), np.float32)
-    for i in range(n):
-        audio[i, : a_len[i]] = rng.normal(size=(a_len[i], da))
-        vision[i, : v_len[i]] = rng.normal(size=(v_len[i], dv))
-        text[i, : t_len[i]] = rng.normal(size=(t_len[i], dt))
-        bert[i, 1, : t_len[i]] = 1  # attention mask
-    for i in zero_rows:
-        vision[i] = 0
-    labels = rng.uniform(-3, 3, n).astype(np.float32)
-    return {
-        "id": np.array(ids, dtype=object),
-        "raw_text": np.array([f"utterance {i}" for i in ids], dtype=object),
-        "text": text, "text_bert": bert, "audio": audio, "vision": vision,
-        "audio_lengths": a_len.tolist(), "vision_lengths": v_len.tolist(),
-        "regression_labels": labels,
-        "classification_labels": (labels > 0).astype(np.float32),
-        "annotations": ["Positive" if x > 0 else "Negative" for x in labels],
-    }
+from tests.mmsa_builder import write_mmsa_pickle
 
 
 @pytest.fixture
 def mmsa_pkl(tmp_path):
-    rng = np.random.default_rng(0)
-    data = {"train": mmsa_split(rng, [f"vid{i}$_${i}" for i in range(6)], zero_rows=(2,)),
-            "valid": mmsa_split(rng, ["vidA$_$1", "vidA$_$2"]),
-            "test": mmsa_split(rng, ["vidB$_$1", "vidB$_$2", "vidB$_$3"])}
     path = tmp_path / "unaligned_50.pkl"
-    path.write_bytes(pickle.dumps(data, protocol=4))
-    return path, data
+    return path, write_mmsa_pickle(path)
 
 
 def test_import_writes_contract_tables(tmp_path, mmsa_pkl):
