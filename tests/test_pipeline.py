@@ -5,6 +5,7 @@ These are the slow tests: real `dvc repro`, `dvc exp run`, `dvc exp show`, and a
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -160,3 +161,50 @@ def test_local_remote_round_trip_skips_extraction(project, tmp_path):
     a = json.loads((project / "metrics/sample.json").read_text())
     b = json.loads((clone / "metrics/sample.json").read_text())
     assert a == b
+
+
+def test_imported_mmsa_pickle_trains_through_the_same_stages(tmp_path):
+    """params.yaml mmsa_pickles -> import_mmsa, train_mmsa, evaluate_mmsa: real pickle, real DVC, real training."""
+    from tests.mmsa_builder import write_mmsa_pickle
+
+    project = tmp_path / "project"
+    project.mkdir()
+    copy_project(project)
+    listed = run(["dvc", "stage", "list"], project).stdout
+    assert "train@sample" in listed and "_mmsa" not in listed          # mmsa_pickles: {} adds no stage
+
+    name, pkl = "mosi_aligned", "data/raw/mosi_mmsa/aligned_50.pkl"
+    write_mmsa_pickle(project / pkl, sizes=(24, 8, 8))
+    params_path = project / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["mmsa_pickles"] = {name: {"pickle": pkl}}
+    params["train"]["epochs"] = 2
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    listed = run(["dvc", "stage", "list"], project).stdout
+    for stage in ("import_mmsa", "train_mmsa", "evaluate_mmsa", "compare_mmsa"):
+        assert f"{stage}@{name}" in listed
+
+    targets = ["dvc", "repro", "import_mmsa", "train_mmsa", "evaluate_mmsa"]
+    proc = run(targets, project)
+    assert ran_stages(proc.stdout) == {f"import_mmsa@{name}", f"train_mmsa@{name}", f"evaluate_mmsa@{name}"}
+    metrics = json.loads((project / f"metrics/{name}.json").read_text())
+    assert {"r0.0", "r0.5", "miss_text", "miss_audio", "miss_vision"} <= set(metrics["test"])
+    values = [v for by_cond in metrics.values() for m in by_cond.values() for v in m.values()]
+    assert values and all(v is None or math.isfinite(v) for v in values)
+    assert math.isfinite(metrics["test"]["r0.0"]["mae"])
+    lineage = json.loads((project / f"metrics/{name}_lineage.json").read_text())["trml"]
+    mods = lineage["provenance"]["modalities"]
+    assert set(mods) == {"text", "audio", "vision"}                     # the pickle's modalities, no face
+    for modality, prov in mods.items():
+        assert prov["feature_set"] == f"mmsa_{modality}"
+        assert prov["weights_id"].startswith(f"mmsa-pickle:aligned_50.pkl:{modality}")
+
+    assert ran_stages(run(targets, project).stdout) == set()           # a no-op
+
+    # The entry's modalities are a training setting: re-train and re-evaluate, never re-import.
+    params["mmsa_pickles"][name]["modalities"] = {"vision": None}
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run(targets, project)
+    assert ran_stages(proc.stdout) == {f"train_mmsa@{name}", f"evaluate_mmsa@{name}"}
+    lineage = json.loads((project / f"metrics/{name}_lineage.json").read_text())["trml"]
+    assert set(lineage["provenance"]["modalities"]) == {"text", "audio"}
