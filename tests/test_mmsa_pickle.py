@@ -75,3 +75,25 @@ def test_restricted_unpickler_refuses_code(tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "refusing to unpickle" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "i").exists()
+
+
+def test_imported_tables_load_for_training(tmp_path, mmsa_pkl):
+    """trml's loader takes the mmsa_* tables as they are: every modality a sequence, padding rows missing."""
+    from flows.params import MmsaPickleConfig
+    from trml.config import ModalitiesConfig, ModelConfig
+    from trml.data import load_dataset
+
+    path, data = mmsa_pkl
+    import_mmsa(path, "mosi", tmp_path / "index", tmp_path / "features")
+    mods = MmsaPickleConfig(name="mosi", pickle=path).modalities       # the defaults of an mmsa_pickles entry
+    cfg = ModelConfig(modalities=ModalitiesConfig(**mods.model_dump()))
+    loaded = load_dataset("mosi", cfg, tmp_path)
+    assert loaded.task == "regression" and loaded.names == ["text", "vision", "audio"]
+    by_name = {m.name: m for m in loaded.modalities}
+    assert {n: (m.kind, m.dim) for n, m in by_name.items()} == {"text": ("seq", 8), "vision": ("seq", 4),
+                                                                "audio": ("seq", 5)}
+    assert by_name["vision"].present.tolist()[2] is False                 # the all-zero row: naturally missing
+    assert by_name["vision"].lengths[0] == data["train"]["vision_lengths"][0]
+    assert by_name["text"].lengths[0] == int(data["train"]["text_bert"][0, 1].sum())
+    np.testing.assert_allclose(loaded.y[:6].numpy(), data["train"]["regression_labels"], rtol=1e-6)
+    assert by_name["audio"].provenance["weights_id"].startswith("mmsa-pickle:unaligned_50.pkl:audio")
