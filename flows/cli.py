@@ -286,6 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message names the setting and the fix: printed as one line, without a traceback.
+
+    The device errors live in modules the handlers import lazily; one that was never imported cannot
+    have raised, so they are looked up among the loaded modules.
+    """
+    errors: list[type[BaseException]] = [ParamsError, AdapterError]
+    for module in ("trml.train", "features.extractors.torch_utils"):
+        cls = getattr(sys.modules.get(module), "DeviceUnavailableError", None)
+        if cls is not None:
+            errors.append(cls)
+    return tuple(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Libraries log at WARNING (open_clip logs every step of model creation at INFO on the root logger);
@@ -296,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args) or 0
-    except (ParamsError, AdapterError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

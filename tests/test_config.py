@@ -1,6 +1,7 @@
 """params.yaml validation: unknown keys, wrong types and out-of-range values name the key and the fix."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,23 @@ def test_cli_reports_params_error_without_traceback(tmp_path):
                            "--dataset", "sample"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert "train.epochs" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("section, command", [
+    ("train", ["train", "--dataset", "sample"]),
+    ("extract", ["extract", "--dataset", "sample", "--feature-set", "text_minilm"]),
+])
+def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path, section, command):
+    """device: cuda on a machine without CUDA (hidden here): the key and the fix, no traceback, no work.
+
+    It runs in an empty folder: the device is checked before any data is looked for."""
+    path = write_params(tmp_path, lambda d: d[section].update(device="cuda"))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "--params", str(path), *command],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{section}.device is 'cuda'" in proc.stderr and f"set {section}.device to 'auto' or 'cpu'" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_every_subcommand_has_help():

@@ -180,14 +180,17 @@ def test_random_init_is_the_same_in_a_fresh_process():
     assert float(out) == here
 
 
-def test_resolve_device():
+def test_resolve_device(monkeypatch):
     import torch
+
+    from features.extractors.torch_utils import DeviceUnavailableError
 
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no GPU"):
-            resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)     # a machine without CUDA, even on a GPU box
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(DeviceUnavailableError, match=r"extract\.device is 'cuda' but torch sees no GPU.*'auto' or 'cpu'"):
+        resolve_device("cuda")
 
 
 # ------------------------------------------------------------------ text

@@ -366,6 +366,29 @@ def test_checkpoint_records_configs_and_feature_weights(data, tmp_path):
     assert set(ck["standardization"]) == {"audio", "face"}
 
 
+def test_device_parameter_forced_to_cpu_and_cuda_without_a_gpu(data, fixture_dir, tmp_path, monkeypatch):
+    from trml.compare import compare
+    from trml.evaluate import evaluate
+    from trml.train import DeviceUnavailableError, _amp_dtype, fit, load_checkpoint, pick_device, train
+    # Forced to the CPU with amp on: it trains, in full precision (mixed precision is for CUDA only).
+    assert pick_device("cpu") == torch.device("cpu")
+    assert _amp_dtype(torch.device("cpu"), True) is None
+    fit(data, small_model(), small_train(epochs=1, device="cpu", amp=True), tmp_path / "cpu")
+    ck = load_checkpoint(tmp_path / "cpu" / DS / "trml" / "best.pt")
+    assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in ck["model"].values() if t.is_floating_point())
+    # 'cuda' where torch sees none: an error naming the key and the fix, before any data is read.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    cuda = small_train(device="cuda")
+    nowhere = tmp_path / "no-data-here"
+    for run in (lambda: train(DS, small_model(), cuda, nowhere, tmp_path),
+                lambda: evaluate(DS, small_model(), cuda, EvaluateConfig(), nowhere, tmp_path, tmp_path, tmp_path),
+                lambda: compare(DS, small_model(), cuda, EvaluateConfig(), CompareConfig(), nowhere, tmp_path,
+                                tmp_path, tmp_path)):
+        with pytest.raises(DeviceUnavailableError, match=r"train\.device is 'cuda'.*set train\.device to 'auto' or 'cpu'"):
+            run()
+
+
 # ---------------------------------------------------------------- evaluate and compare
 
 def test_evaluate_writes_every_rate_and_pattern(fixture_dir, tmp_path):

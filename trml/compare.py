@@ -27,7 +27,7 @@ from trml.data import load_dataset
 from trml.evaluate import conditions, evaluate_split, lineage, load_model, plot_vs_rate
 from trml.metrics import metric_keys
 from trml.missing import rate_key
-from trml.train import memmap_path, fit, run_dir, write_json, write_text_atomic
+from trml.train import fit, memmap_path, pick_device, run_dir, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 def compare(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_cfg: EvaluateConfig,
             compare_cfg: CompareConfig, data_dir: Path, models_dir: Path, metrics_dir: Path,
             plots_dir: Path) -> dict:
+    pick_device(train_cfg.device)             # a device that is not there fails now, not after the load
     data = load_dataset(dataset, model_cfg, Path(data_dir), memmap_path(train_cfg, dataset))
     conds = conditions(data.names, eval_cfg)
     results, lineages = {}, {}

@@ -38,6 +38,7 @@ class StaleModelError(RuntimeError):
 
 def evaluate(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_cfg: EvaluateConfig,
              data_dir: Path, models_dir: Path, metrics_dir: Path, plots_dir: Path) -> dict:
+    pick_device(train_cfg.device)             # a device that is not there fails now, not after the load
     data = load_dataset(dataset, model_cfg, Path(data_dir), memmap_path(train_cfg, dataset))
     ckpt_path = run_dir(Path(models_dir), dataset, train_cfg.variant) / "best.pt"
     model, ckpt = load_model(ckpt_path, model_cfg, train_cfg, data)

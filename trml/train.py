@@ -50,9 +50,15 @@ def uses_sml(train_cfg: TrainConfig) -> bool:
     return train_cfg.variant in ("trml", "upper_bound") and train_cfg.alpha > 0
 
 
+class DeviceUnavailableError(RuntimeError):
+    """train.device asks for a device that is not there; the message names the key and the fix."""
+
+
 def pick_device(choice: str) -> torch.device:
+    """train.device: 'auto' is CUDA when torch sees it, else the CPU; 'cuda' without CUDA is an error, not a fallback."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+        raise DeviceUnavailableError("train.device is 'cuda' but torch sees no CUDA device (torch.cuda.is_available() "
+                                     "is False); set train.device to 'auto' or 'cpu' in params.yaml")
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
@@ -65,6 +71,7 @@ def input_specs(data: TRMLData) -> list[InputSpec]:
 def train(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: Path, models_dir: Path,
           plots_dir: Path | None = None) -> dict:
     """`trml train`: load the Parquet tables once, then fit. Returns the summary (also in summary.json)."""
+    pick_device(train_cfg.device)             # a device that is not there fails now, not after the load
     data = load_dataset(dataset, model_cfg, Path(data_dir), memmap_path(train_cfg, dataset))
     return fit(data, model_cfg, train_cfg, Path(models_dir), plots_dir=plots_dir)
 

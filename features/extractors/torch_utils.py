@@ -4,6 +4,10 @@ from __future__ import annotations
 import contextlib
 
 
+class DeviceUnavailableError(RuntimeError):
+    """extract.device asks for a device that is not there; the message names the key and the fix."""
+
+
 def resolve_device(setting: str) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'. 'cuda' without a GPU is an error, not a fallback."""
     import torch
@@ -11,8 +15,8 @@ def resolve_device(setting: str) -> str:
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if setting == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("extract.device is 'cuda' but torch sees no GPU (torch.cuda.is_available() is "
-                           "False); set extract.device to 'auto' or 'cpu'")
+        raise DeviceUnavailableError("extract.device is 'cuda' but torch sees no GPU (torch.cuda.is_available() "
+                                     "is False); set extract.device to 'auto' or 'cpu' in params.yaml")
     if setting not in ("cpu", "cuda"):
         raise ValueError(f"extract.device must be auto, cpu or cuda, got {setting!r}")
     return setting
