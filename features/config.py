@@ -20,7 +20,7 @@ FeatureSet = Literal["text_clip", "text_minilm", "vision_clip", "audio_librosa",
 
 
 class DatasetConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="used in every output path")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", description="used in every output path and as a DVC params key (so no dots)")
     layout: Literal["mmsa", "meld", "folder"]
     # The DVC stages track the raw data at data/raw/<name> (put or symlink it there); that is the default.
     root: Path = Field(None, description="the raw dataset folder (for meld: the folder with the *_sent_emo.csv files)")

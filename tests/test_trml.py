@@ -410,7 +410,7 @@ def test_evaluate_writes_every_rate_and_pattern(fixture_dir, tmp_path):
     assert lineage["trml"]["provenance"]["modalities"]["face"]["weights_id"] == "face-weights:v1"
     assert (tmp_path / "plots" / DS / "missing_rate.png").read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "plots" / DS / "missing_rate.csv").read_text().splitlines()
-    assert table[0].startswith("rate,acc2_has0") and [r.split(",")[0] for r in table[1:]] == ["0.0", "0.3", "0.7"]
+    assert table[0] == "rate,acc2_has0,f1_has0,acc2_non0,f1_non0,acc7,acc5,corr,mae" and [r.split(",")[0] for r in table[1:]] == ["0.0", "0.3", "0.7"]
     assert (tmp_path / "plots" / DS / "train_trml.csv").is_file()
     # The same evaluation again gives the same bytes.
     before = (tmp_path / "metrics" / f"{DS}.json").read_bytes()
@@ -461,6 +461,8 @@ def test_classification_task(tmp_path):
     assert list(res["test"]["r0.0"]) == ["acc", "wf1"]
     # With one modality, "never all missing" keeps every row's text: the rate changes nothing.
     assert res["test"]["r0.0"] == res["test"]["r0.3"]
+    table = (tmp_path / "plots" / DS / "missing_rate.csv").read_text().splitlines()
+    assert table[0] == "rate,acc,wf1"          # the headline metric last: what `dvc plots` draws
 
 
 # ---------------------------------------------------------------- the benchmark's synthetic tables

@@ -22,7 +22,7 @@ import torch
 
 from trml.config import EvaluateConfig, ModelConfig, TrainConfig
 from trml.data import TRMLData, load_dataset
-from trml.metrics import compute_metrics, mean_metrics, metric_keys
+from trml.metrics import HEADLINE, compute_metrics, mean_metrics, metric_keys
 from trml.missing import derive_seed, mask_for, pattern_names, rate_key
 from trml.model import TRML, InputSpec
 from trml.train import memmap_path, load_checkpoint, pick_device, predict, run_dir, write_json, write_text_atomic
@@ -115,7 +115,9 @@ def lineage(path: Path, ckpt: dict, eval_cfg: EvaluateConfig) -> dict:
 
 
 def write_rate_table(by_cond: dict[str, dict], rates: list[str], keys: tuple[str, ...], path: Path) -> None:
-    """rate, <metric>... one row per numeric missing rate (DVC plots: x=rate, y=a metric)."""
+    """rate, <metric>... one row per numeric missing rate. The task's headline metric (mae, wf1) is the last
+    column, which is what `dvc plots` draws when dvc.yaml names no y, for either task."""
+    keys = tuple(k for k in keys if k not in HEADLINE.values()) + tuple(k for k in keys if k in HEADLINE.values())
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["rate", *keys])

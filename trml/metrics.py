@@ -19,6 +19,8 @@ import numpy as np
 REGRESSION_KEYS = ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7", "acc5", "mae", "corr")
 CLASSIFICATION_KEYS = ("acc", "wf1")
 LOWER_IS_BETTER = {"mae", "loss"}
+# The one number a task is usually judged by (last column of the rate tables, which DVC plots by default).
+HEADLINE = {"regression": "mae", "classification": "wf1"}
 DECIMALS = 4
 
 
