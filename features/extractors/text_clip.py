@@ -5,7 +5,7 @@ import numpy as np
 
 from features.config import ExtractConfig
 from features.extractors.base import Extractor, MediaItem, status_row, versions
-from features.extractors.torch_utils import autocast, clip_embed_dim
+from features.extractors.torch_utils import autocast, autocast_name, clip_embed_dim
 from features.store import FeatureRow, TableInfo
 from features.weights import load_clip
 
@@ -25,6 +25,7 @@ class TextClipExtractor(Extractor):
     def info(self) -> TableInfo:
         params = {"clip": self.clip_cfg.model_dump(mode="json"), **self.cfg.model_dump(mode="json"),
                   "normalize": "l2", "context_length": int(getattr(self.weights.tokenizer, "context_length", 0)),
+                  "autocast": autocast_name(self.device),
                   "versions": versions("torch", "open_clip_torch")}
         return self._table_info(self.dim, self.weights.weights_id, self.weights.sha256, None, params)
 
