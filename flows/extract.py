@@ -28,6 +28,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -293,6 +294,16 @@ class Progress:
             self.bar.close()
 
 
+def portable_details(rows: list[FeatureRow], root: Path) -> list[FeatureRow]:
+    """Details name media files relative to the dataset root (as the manifest does), not by absolute path,
+    so the same data gives the same table bytes in every clone, and DVC sees the same output."""
+    prefix = f"{root}{os.sep}"
+    for row in rows:
+        if row.detail and prefix in row.detail:
+            row.detail = row.detail.replace(prefix, "")
+    return rows
+
+
 def assemble(plan: SetPlan, shard_tables: list[pa.Table], rows: list[ManifestRow]) -> pa.Table:
     """One table in manifest order; refuses anything but exactly one row per manifest row."""
     table = pa.concat_tables(shard_tables).combine_chunks() if shard_tables else rows_to_table([], plan.info)
@@ -349,7 +360,7 @@ def extract_flow(dataset: str, manifest_path: str, out_dir: str, feature_sets: l
             for status, n in Counter(r.status for r in shard_rows).items():
                 report.statuses[status] = report.statuses.get(status, 0) + n
             # Arrow now, so each shard's Python objects are freed as soon as it is done.
-            tables[plan_index][shard_index] = rows_to_table(shard_rows, plan.info)
+            tables[plan_index][shard_index] = rows_to_table(portable_details(shard_rows, root), plan.info)
             del shard_rows
             progress.update(len(items))
             if len(tables[plan_index]) == len(plan.shards):

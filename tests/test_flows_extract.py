@@ -87,6 +87,9 @@ def test_extracts_one_row_per_manifest_row_with_statuses_and_metadata(workspace,
     assert sum(s == "ok" for s in status["audio"].values()) == 10
     assert all(len(v) == 384 for v, ok in zip(text["emb"], text["present"]) if ok)
     assert reports["audio_librosa"].statuses == {"ok": 10, "decode_error": 1, "no_audio_stream": 1}
+    # Details name the file as the manifest does (relative to the dataset root): the same bytes in any clone.
+    detail = dict(zip(audio["utterance_id"], audio["detail"]))[defects["corrupt_file"]]
+    assert detail.startswith(f"Raw/{defects['corrupt_file']}.mp4: ") and str(sample["raw"]) not in detail
 
 
 def count_cached_task_runs() -> int:
