@@ -5,6 +5,7 @@ naturally missing rows of several statuses; the manifest follows the adapters' c
 """
 import json
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -325,6 +326,11 @@ def test_training_is_deterministic_on_cpu(data, tmp_path):
     assert len(log_a.splitlines()) == 4
     assert (tmp_path / "a" / DS / "trml" / "summary.json").read_bytes() == \
         (tmp_path / "b" / DS / "trml" / "summary.json").read_bytes()
+    # Equal checkpoints are equal bytes in any process: the zip's inner folder is not named after the
+    # pid-stamped temporary file (DVC would otherwise see a new models/ on every clone).
+    for name in ("last.pt", "best.pt"):
+        entries = zipfile.ZipFile(tmp_path / "a" / DS / "trml" / name).namelist()
+        assert {e.split("/")[0] for e in entries} == {"archive"}, entries[:3]
 
 
 def test_resume_gives_the_uninterrupted_result(data, tmp_path):

@@ -230,7 +230,10 @@ def save_atomic(payload: dict, path: Path) -> None:
     """torch.save to a temporary file beside `path`, then rename: never a half-written checkpoint."""
     tmp = _tmp_beside(path)
     try:
-        torch.save(payload, tmp)
+        # Through a file object: given a path, torch names the zip's inner folder after the (pid-stamped)
+        # temporary file, and equal checkpoints would differ in bytes from run to run.
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
