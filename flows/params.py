@@ -74,9 +74,9 @@ class Params(Strict):
                 continue
             named = {}
             for key, block in data[section].items():
-                if section == "mmsa_pickles" and "." in str(key):
-                    raise ValueError(f"mmsa_pickles.{key}: a name with a dot breaks dvc.yaml's params key "
-                                     f"mmsa_pickles.<name>; rename it, e.g. {str(key).replace('.', '_')}")
+                if "." in str(key):
+                    raise ValueError(f"{section}.{key}: a name with a dot breaks dvc.yaml's params key "
+                                     f"{section}.<name>; rename it, e.g. {str(key).replace('.', '_')}")
                 if isinstance(block, dict):
                     if "name" in block and block["name"] != key:
                         raise ValueError(f"{section}.{key}.name is {block['name']!r}; remove it "

@@ -39,7 +39,7 @@ def test_project_params_are_valid():
     (lambda d: d.update(extra_section={}), "extra_section", "unknown key"),
     (lambda d: d["datasets"]["sample"].update(name="other"), "", "a dataset's name is its key"),
     # A name is a DVC params key (datasets.<name>): a dot would split it.
-    (lambda d: d["datasets"].update({"mosi.v2": {"layout": "mmsa"}}), "datasets.mosi.v2.name", "pattern"),
+    (lambda d: d["datasets"].update({"mosi.v2": {"layout": "mmsa"}}), "datasets.mosi.v2", "e.g. mosi_v2"),
     # Imported MMSA pickles (mmsa_pickles: keyed by dataset name, like datasets:).
     (lambda d: d.update(mmsa_pickles={"mosi": {"pickle": "m.pkl", "pickel": "m.pkl"}}),
      "mmsa_pickles.mosi.pickel", "unknown key"),
