@@ -23,7 +23,7 @@ import numpy as np
 
 from features.config import ExtractConfig
 from features.extractors import Extractor, MediaItem, build_extractor
-from features.extractors.base import guarded
+from features.extractors.base import guarded, split_by_text
 from features.store import FeatureRow
 
 # Targets from issue 3: end-to-end at most this many times the bare model on the same inputs.
@@ -128,7 +128,7 @@ def bare_runner(extractor: Extractor, items: list[MediaItem]) -> tuple[Callable[
                 audio_features(clip.samples, extractor.cfg)
         return run, len(clips), n_frames
 
-    texts = [it.text.strip() for it in items if it.text and it.text.strip()]
+    texts = [items[i].text.strip() for i in split_by_text(items)[1]]
     if fs == "text_clip":
         import torch
 

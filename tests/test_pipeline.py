@@ -98,35 +98,31 @@ def test_second_repro_is_a_fast_noop(project):
     assert elapsed < 5.0, f"no-op dvc repro took {elapsed:.1f}s"
 
 
-def test_training_param_reruns_only_training_stages(project):
+def stages_rerun_after(project: Path, edit) -> set[str]:
+    """The stages `dvc repro` runs after `edit(params)`; then params.yaml and the outputs are put back."""
     params_path = project / "params.yaml"
     original = params_path.read_text()
     params = yaml.safe_load(original)
-    params["train"]["alpha"] = params["train"]["alpha"] * 2 + 0.05
+    edit(params)
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         proc = run(["dvc", "repro"], project)
     finally:
         params_path.write_text(original)
-    stages = ran_stages(proc.stdout)
-    assert stages == {"train@sample", "evaluate@sample", "compare@sample"}, stages
     run(["dvc", "repro"], project)  # back to the committed params
+    return ran_stages(proc.stdout)
+
+
+def test_training_param_reruns_only_training_stages(project):
+    stages = stages_rerun_after(project, lambda p: p["train"].update(alpha=p["train"]["alpha"] * 2 + 0.05))
+    assert stages == {"train@sample", "evaluate@sample", "compare@sample"}, stages
 
 
 def test_face_param_reruns_only_face_extraction_and_downstream(project):
-    params_path = project / "params.yaml"
-    original = params_path.read_text()
-    params = yaml.safe_load(original)
-    params["extract"]["face_mediapipe"]["min_face_detection_confidence"] = 0.4
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
-        proc = run(["dvc", "repro"], project)
-    finally:
-        params_path.write_text(original)
-    stages = ran_stages(proc.stdout)
+    stages = stages_rerun_after(
+        project, lambda p: p["extract"]["face_mediapipe"].update(min_face_detection_confidence=0.4))
     assert {s for s in stages if s.startswith("extract")} == {"extract@sample-face_mediapipe"}, stages
     assert not {s for s in stages if s.startswith(("sample", "index"))}
-    run(["dvc", "repro"], project)
 
 
 def test_experiments_show_params_and_metrics(project):

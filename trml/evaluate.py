@@ -117,7 +117,7 @@ def lineage(path: Path, ckpt: dict, eval_cfg: EvaluateConfig) -> dict:
 def write_rate_table(by_cond: dict[str, dict], rates: list[str], keys: tuple[str, ...], path: Path) -> None:
     """rate, <metric>... one row per numeric missing rate. The task's headline metric (mae, wf1) is the last
     column, which is what `dvc plots` draws when dvc.yaml names no y, for either task."""
-    keys = tuple(k for k in keys if k not in HEADLINE.values()) + tuple(k for k in keys if k in HEADLINE.values())
+    keys = sorted(keys, key=lambda k: k in HEADLINE.values())      # stable: only the headline moves
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["rate", *keys])

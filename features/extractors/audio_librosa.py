@@ -133,6 +133,8 @@ class AudioLibrosaExtractor(Extractor):
     def info(self) -> TableInfo:
         params = {**self.cfg.model_dump(mode="json"), "center": True, "mfcc_input": "power mel in dB",
                   "f0_unvoiced": 0.0, "versions": versions("librosa", "numpy", "av")}
+        # Not _table_info: that records the torch device, which librosa never uses; leaving it out keeps
+        # audio tables identical on CPU and GPU machines.
         return TableInfo(feature_set=self.feature_set, modality=self.modality, kind=self.kind,
                          dim=len(self.names), extractor=f"{type(self).__module__}.{type(self).__name__}",
                          extractor_version=self.extractor_version, weights_id="none (signal processing)",

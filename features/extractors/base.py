@@ -94,6 +94,20 @@ def status_row(item: MediaItem, status: str, detail: str) -> FeatureRow:
     return FeatureRow(utterance_id=item.utterance_id, status=status, detail=detail)
 
 
+def split_by_text(items: list[MediaItem]) -> tuple[list[FeatureRow | None], list[int]]:
+    """The text extractors' rule: an `empty_text` row for each item without usable text (None elsewhere),
+    and the indices of the items to embed."""
+    rows: list[FeatureRow | None] = [None] * len(items)
+    todo: list[int] = []
+    for i, item in enumerate(items):
+        if item.text is None or not item.text.strip():
+            why = "no transcript" if item.text is None else "transcript is empty or whitespace"
+            rows[i] = status_row(item, "empty_text", why)
+        else:
+            todo.append(i)
+    return rows, todo
+
+
 def guarded(item: MediaItem, load: Callable[[Path], T]) -> T | FeatureRow:
     """Run `load` on the item's media; a failure becomes the item's status row.
 

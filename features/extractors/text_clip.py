@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from features.config import ExtractConfig
-from features.extractors.base import Extractor, MediaItem, status_row, versions
+from features.extractors.base import Extractor, MediaItem, split_by_text, versions
 from features.extractors.torch_utils import autocast, autocast_name, clip_embed_dim
 from features.store import FeatureRow, TableInfo
 from features.weights import load_clip
@@ -32,14 +32,7 @@ class TextClipExtractor(Extractor):
     def extract(self, items: list[MediaItem]) -> list[FeatureRow]:
         import torch
 
-        rows: list[FeatureRow | None] = [None] * len(items)
-        todo: list[int] = []
-        for i, item in enumerate(items):
-            if item.text is None or not item.text.strip():
-                why = "no transcript" if item.text is None else "transcript is empty or whitespace"
-                rows[i] = status_row(item, "empty_text", why)
-            else:
-                todo.append(i)
+        rows, todo = split_by_text(items)
         model = self.weights.model
         for start in range(0, len(todo), self.cfg.batch_size):
             idx = todo[start:start + self.cfg.batch_size]

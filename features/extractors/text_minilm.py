@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from features.config import ExtractConfig
-from features.extractors.base import Extractor, MediaItem, status_row, versions
+from features.extractors.base import Extractor, MediaItem, split_by_text, versions
 from features.store import FeatureRow, TableInfo
 from features.weights import minilm_weights
 
@@ -34,14 +34,7 @@ class TextMiniLMExtractor(Extractor):
         return self._table_info(self.dim, self.weights.weights_id, self.weights.sha256, None, params)
 
     def extract(self, items: list[MediaItem]) -> list[FeatureRow]:
-        rows: list[FeatureRow | None] = [None] * len(items)
-        todo = []
-        for i, item in enumerate(items):
-            if item.text is None or not item.text.strip():
-                why = "no transcript" if item.text is None else "transcript is empty or whitespace"
-                rows[i] = status_row(item, "empty_text", why)
-            else:
-                todo.append(i)
+        rows, todo = split_by_text(items)
         if todo:
             emb = self.model.encode([items[i].text.strip() for i in todo], batch_size=self.cfg.batch_size,
                                     convert_to_numpy=True, show_progress_bar=False)
