@@ -293,7 +293,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     have raised, so they are looked up among the loaded modules.
     """
     errors: list[type[BaseException]] = [ParamsError, AdapterError]
-    for module in ("trml.train", "features.extractors.torch_utils"):
+    for module in ("trml.device", "features.extractors.torch_utils"):
         cls = getattr(sys.modules.get(module), "DeviceUnavailableError", None)
         if cls is not None:
             errors.append(cls)

@@ -314,7 +314,8 @@ def test_task_losses():
 # ---------------------------------------------------------------- training, resume, determinism
 
 def test_training_is_deterministic_on_cpu(data, tmp_path):
-    from trml.train import fit, load_checkpoint
+    from trml.checkpoint import load_checkpoint
+    from trml.train import fit
     fit(data, small_model(), small_train(), tmp_path / "a")
     fit(data, small_model(), small_train(), tmp_path / "b")
     a = load_checkpoint(tmp_path / "a" / DS / "trml" / "last.pt")
@@ -334,7 +335,8 @@ def test_training_is_deterministic_on_cpu(data, tmp_path):
 
 
 def test_resume_gives_the_uninterrupted_result(data, tmp_path):
-    from trml.train import fit, load_checkpoint
+    from trml.checkpoint import load_checkpoint
+    from trml.train import fit
     fit(data, small_model(), small_train(epochs=4, patience=10), tmp_path / "whole")
     fit(data, small_model(), small_train(epochs=2, patience=10), tmp_path / "split")     # "interrupted"
     summary = fit(data, small_model(), small_train(epochs=4, patience=10), tmp_path / "split")
@@ -363,7 +365,8 @@ def test_an_early_stopped_run_stays_stopped(data, tmp_path):
 
 
 def test_checkpoint_records_configs_and_feature_weights(data, tmp_path):
-    from trml.train import fit, load_checkpoint
+    from trml.checkpoint import load_checkpoint
+    from trml.train import fit
     fit(data, small_model(), small_train(epochs=1), tmp_path)
     ck = load_checkpoint(tmp_path / DS / "trml" / "best.pt")
     assert ck["config"]["train"]["variant"] == "trml" and ck["config"]["model"]["hidden"] == 16
@@ -375,10 +378,12 @@ def test_checkpoint_records_configs_and_feature_weights(data, tmp_path):
 def test_device_parameter_forced_to_cpu_and_cuda_without_a_gpu(data, fixture_dir, tmp_path, monkeypatch):
     from trml.compare import compare
     from trml.evaluate import evaluate
-    from trml.train import DeviceUnavailableError, _amp_dtype, fit, load_checkpoint, pick_device, train
+    from trml.checkpoint import load_checkpoint
+    from trml.device import DeviceUnavailableError, amp_dtype, pick_device
+    from trml.train import fit, train
     # Forced to the CPU with amp on: it trains, in full precision (mixed precision is for CUDA only).
     assert pick_device("cpu") == torch.device("cpu")
-    assert _amp_dtype(torch.device("cpu"), True) is None
+    assert amp_dtype(torch.device("cpu"), True) is None
     fit(data, small_model(), small_train(epochs=1, device="cpu", amp=True), tmp_path / "cpu")
     ck = load_checkpoint(tmp_path / "cpu" / DS / "trml" / "best.pt")
     assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in ck["model"].values() if t.is_floating_point())

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import torch
 
 from trml.config import ModelConfig
+from trml.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def load_dataset(dataset: str, model_cfg: ModelConfig, data_dir: Path, memmap_di
     modalities = [_load_modality(name, fs, data_dir, dataset, ids, model_cfg.max_seq_len, memmap_dir)
                   for name, fs in enabled.items()]
     data = TRMLData(dataset=dataset, task=task, class_names=class_names, ids=ids, split=split,
-                    y=y, modalities=modalities, manifest_sha256=_sha256(mpath), memmapped=memmap_dir is not None)
+                    y=y, modalities=modalities, manifest_sha256=sha256_file(mpath), memmapped=memmap_dir is not None)
     _standardize(data, set(model_cfg.standardize))
     for m in data.modalities:
         log.info("%s: %s %s dim=%d present %d/%d (%s) weights=%s", dataset, m.name, m.feature_set,
@@ -297,7 +298,7 @@ def _load_modality(name: str, feature_set: str, data_dir: Path, dataset: str, id
         provenance={
             "feature_set": feature_set, "weights_id": meta.get("weights_id", ""),
             "weights_sha256": meta.get("weights_sha256", ""), "extractor": meta.get("extractor", ""),
-            "extractor_version": meta.get("extractor_version", ""), "file_sha256": _sha256(path),
+            "extractor_version": meta.get("extractor_version", ""), "file_sha256": sha256_file(path),
         })
 
 
@@ -391,11 +392,3 @@ def _valid_entries(m: ModalityData) -> torch.Tensor:
 def _metadata(schema: pa.Schema) -> dict[str, str]:
     raw = schema.metadata or {}
     return {k[len(META_PREFIX):].decode(): v.decode() for k, v in raw.items() if k.startswith(META_PREFIX)}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

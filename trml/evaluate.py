@@ -25,7 +25,10 @@ from trml.data import TRMLData, load_dataset
 from trml.metrics import HEADLINE, compute_metrics, mean_metrics, metric_keys
 from trml.missing import derive_seed, mask_for, pattern_names, rate_key
 from trml.model import TRML, InputSpec
-from trml.train import memmap_path, load_checkpoint, pick_device, predict, run_dir, write_json, write_text_atomic
+from trml.checkpoint import load_checkpoint, run_dir
+from trml.device import pick_device
+from trml.io import write_json, write_text_atomic
+from trml.train import memmap_path, predict
 
 log = logging.getLogger(__name__)
 

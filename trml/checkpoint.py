@@ -1,0 +1,95 @@
+"""Checkpoints: where a run's files live, what a checkpoint holds, and how a run resumes from one.
+
+    models/<dataset>/<variant>/best.pt   the weights with the best valid score (what evaluate uses)
+    models/<dataset>/<variant>/last.pt   the same fields plus the optimizer: everything needed to resume
+
+A checkpoint is a plain dict of tensors and JSON-able values (torch.load(weights_only=True) reads it);
+CHECKPOINT_FORMAT changes whenever its fields do, so an old file asks for a retrain instead of misloading.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from trml.config import ModelConfig, TrainConfig
+from trml.data import TRMLData
+from trml.io import atomic_path
+from trml.model import TRML, InputSpec
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+def run_dir(models_dir: Path, dataset: str, variant: str) -> Path:
+    return Path(models_dir) / dataset / variant
+
+
+def run_signature(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TRMLData) -> str:
+    """What must match for last.pt to be resumed: every setting but epochs/device/resume, and the data."""
+    t = train_cfg.model_dump(mode="json")
+    for k in ("epochs", "device", "resume", "memmap_dir"):
+        t.pop(k)
+    blob = json.dumps({"model": model_cfg.model_dump(mode="json"), "train": t, "data": data.fingerprint()},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def checkpoint_payload(model: TRML, specs: list[InputSpec], model_cfg: ModelConfig, train_cfg: TrainConfig,
+                       data: TRMLData, signature: str, state: dict) -> dict:
+    """best.pt's fields (last.pt adds "optimizer"). The key order is part of the bytes: keep it."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "epoch": state["epoch"],
+        "state": json.loads(json.dumps(state)),
+        "signature": signature,
+        "config": {"model": model_cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json")},
+        "inputs": [{"name": s.name, "kind": s.kind, "dim": s.dim} for s in specs],
+        "n_outputs": data.n_outputs,
+        "task": data.task,
+        "class_names": list(data.class_names),
+        "provenance": data.provenance(),
+        "data_fingerprint": data.fingerprint(),
+        "standardization": {k: {s: t.cpu() for s, t in v.items()} for k, v in data.standardization.items()},
+    }
+
+
+def save_checkpoint(payload: dict, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: never a half-written checkpoint."""
+    with atomic_path(path) as tmp:
+        # Through a file object: given a path, torch names the zip's inner folder after the (pid-stamped)
+        # temporary file, and equal checkpoints would differ in bytes from run to run.
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint. Run `trml train` (or `trml compare`) first.")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: checkpoint format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT}; retrain")
+    return ckpt
+
+
+def resume(path: Path, signature: str, model: TRML, opt: torch.optim.Optimizer, fresh: dict) -> dict:
+    """Load last.pt into model and opt and return its training state; `fresh` where there is nothing to resume."""
+    if not path.is_file():
+        return fresh
+    try:
+        ckpt = load_checkpoint(path)
+    except Exception as exc:           # a half-written or foreign file must not block a fresh run
+        log.warning("%s: cannot be read (%s); training from scratch", path, exc)
+        return fresh
+    if ckpt.get("signature") != signature:
+        log.info("%s: config or data changed since it was written; training from scratch", path)
+        return fresh
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    log.info("%s: resuming after epoch %d", path, ckpt["epoch"])
+    return ckpt["state"]
