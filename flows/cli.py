@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from features.adapters import AdapterError
+from features.weights import WeightsError
 from flows.params import ParamsError, load_params
 
 log = logging.getLogger("trml")
@@ -292,7 +293,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     The device errors live in modules the handlers import lazily; one that was never imported cannot
     have raised, so they are looked up among the loaded modules.
     """
-    errors: list[type[BaseException]] = [ParamsError, AdapterError]
+    errors: list[type[BaseException]] = [ParamsError, AdapterError, WeightsError]
     for module in ("trml.device", "features.extractors.torch_utils"):
         cls = getattr(sys.modules.get(module), "DeviceUnavailableError", None)
         if cls is not None:
