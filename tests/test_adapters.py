@@ -1,4 +1,5 @@
-"""Dataset adapters: MMSA, MELD (on the real MELD CSVs) and folder layouts, and their messy cases."""
+"""Dataset adapters: MMSA, MELD (on fixtures with the real CSVs' quirks, and on the real CSVs where they
+exist) and folder layouts, and their messy cases."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,10 @@ from features.config import DatasetConfig
 from tests.conftest import SHARED_MELD
 
 HEADER = "video_id,clip_id,text,label,label_T,label_A,label_V,annotation,mode\n"
+FIXTURE_MELD = Path(__file__).parent / "fixtures" / "meld"   # see its README.md: which quirk is in which file
+needs_shared_meld = pytest.mark.skipif(
+    not SHARED_MELD.is_dir(),
+    reason=f"the real MELD CSVs are not on this machine ({SHARED_MELD}); tests/fixtures/meld covers the adapter")
 
 
 def tiny_mp4(path: Path) -> None:
@@ -110,6 +115,51 @@ def test_missing_root_is_reported_up_front(tmp_path):
         index_dataset(DatasetConfig(name="x", layout="mmsa", root=tmp_path / "absent"), tmp_path / "m.parquet")
 
 
+def read_meld_source(path: Path, encoding: str) -> list[dict]:
+    """The fixture's rows as the csv module reads them, decoded with the encoding the file is known to have."""
+    import csv
+    with open(path, encoding=encoding, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("target, names", [("emotion", MELD_EMOTIONS), ("sentiment", MELD_SENTIMENTS)])
+def test_meld_fixtures_keep_every_row_and_its_text(tmp_path, target, names):
+    root = tmp_path / "meld"
+    root.mkdir()
+    for csv_file in FIXTURE_MELD.glob("*_sent_emo.csv"):
+        (root / csv_file.name).write_bytes(csv_file.read_bytes())
+    tiny_mp4(root / "train_splits" / "dia1_utt2.mp4")                 # MELD's clip folder for each split
+    tiny_mp4(root / "dev_splits_complete" / "dia0_utt1.mp4")
+    tiny_mp4(root / "output_repeated_splits_test" / "dia0_utt0.mp4")
+    summary = index_dataset(DatasetConfig(name="meld", layout="meld", root=root, task="classification",
+                                          meld_target=target), tmp_path / "meld.parquet")
+    rows, meta = read(tmp_path / "meld.parquet")
+    source = {}
+    for prefix, encoding in (("train", "utf-8"), ("dev", "utf-8-sig"), ("test", "cp1252")):
+        for r in read_meld_source(FIXTURE_MELD / f"{prefix}_sent_emo.csv", encoding):
+            source[f"{prefix}/dia{r['Dialogue_ID']}_utt{r['Utterance_ID']}"] = r
+    assert [r["utterance_id"] for r in rows] == list(source)           # file order, no row dropped
+    assert summary["splits"] == {"train": 9, "valid": 3, "test": 2}
+    assert json.loads(meta["trml.class_names"]) == names
+    col = "Emotion" if target == "emotion" else "Sentiment"
+    for row in rows:
+        src = source[row["utterance_id"]]
+        assert row["text"] == src["Utterance"].strip() and names[row["label_class"]] == src[col]
+        assert row["speaker"] == src["Speaker"]
+    by_id = {r["utterance_id"]: r for r in rows}
+    assert by_id["test/dia0_utt0"]["text"] == "That\u2019s the \u201cplan\u201d?"         # cp1252 bytes decoded
+    assert by_id["dev/dia0_utt0"]["text"] == "Hi, I\u2019m looking for the caf\u00e9."      # BOM file
+    assert by_id["train/dia2_utt2"]["text"] == "I\u0092m fine, really."                     # kept, not cleaned
+    assert {r["split"] for r in rows if r["utterance_id"].startswith("dev/")} == {"valid"}
+    assert by_id["dev/dia0_utt0"]["dialogue_id"] == "dev/0" != by_id["train/dia0_utt0"]["dialogue_id"]
+    assert {k: r["media_path"] for k, r in by_id.items() if r["media_path"]} == {
+        "train/dia1_utt2": "train_splits/dia1_utt2.mp4", "dev/dia0_utt1": "dev_splits_complete/dia0_utt1.mp4",
+        "test/dia0_utt0": "output_repeated_splits_test/dia0_utt0.mp4"}
+    assert by_id["train/dia0_utt2"]["start_s"] == pytest.approx(3 * 60 + 16.3)         # one-digit hour "0:03:16,300"
+    assert by_id["train/dia0_utt0"]["end_s"] == pytest.approx(3 * 60 + 14.88)
+
+
+@needs_shared_meld
 @pytest.mark.parametrize("target, names", [("emotion", MELD_EMOTIONS), ("sentiment", MELD_SENTIMENTS)])
 def test_meld_real_csvs_keep_every_row(tmp_path, target, names):
     import csv
@@ -136,20 +186,21 @@ def test_meld_real_csvs_keep_every_row(tmp_path, target, names):
 
 def test_meld_requires_classification(tmp_path):
     with pytest.raises(AdapterError, match="task: classification"):
-        index_dataset(DatasetConfig(name="m", layout="meld", root=SHARED_MELD), tmp_path / "m.parquet")
+        index_dataset(DatasetConfig(name="m", layout="meld", root=FIXTURE_MELD), tmp_path / "m.parquet")
 
 
 def test_meld_with_clips_and_bad_label(tmp_path):
     root = tmp_path / "meld"
     root.mkdir()
-    lines = (SHARED_MELD / "dev_sent_emo.csv").read_text(encoding="utf-8").splitlines(keepends=True)[:4]
-    (root / "dev_sent_emo.csv").write_text("".join(lines), encoding="utf-8")
+    lines = (FIXTURE_MELD / "dev_sent_emo.csv").read_bytes().decode("utf-8").splitlines(keepends=True)[:4]
+    (root / "dev_sent_emo.csv").write_text("".join(lines), encoding="utf-8", newline="")
     tiny_mp4(root / "dev_splits_complete" / "dia0_utt0.mp4")
     index_dataset(DatasetConfig(name="m", layout="meld", root=root, task="classification"), tmp_path / "m.parquet")
     rows, _ = read(tmp_path / "m.parquet")
     assert rows[0]["media_path"] == "dev_splits_complete/dia0_utt0.mp4" and rows[0]["split"] == "valid"
     assert rows[1]["media_path"] is None
-    (root / "dev_sent_emo.csv").write_text("".join(lines).replace(",neutral,", ",bored,", 1), encoding="utf-8")
+    (root / "dev_sent_emo.csv").write_text("".join(lines).replace(",neutral,", ",bored,", 1), encoding="utf-8",
+                                           newline="")
     with pytest.raises(AdapterError, match=r"dev_sent_emo.csv:[2-4]: Emotion 'bored'"):
         index_dataset(DatasetConfig(name="m", layout="meld", root=root, task="classification"), tmp_path / "m.parquet")
 
