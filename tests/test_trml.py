@@ -395,7 +395,7 @@ def test_device_parameter_forced_to_cpu_and_cuda_without_a_gpu(data, fixture_dir
     for run in (lambda: train(DS, small_model(), cuda, nowhere, tmp_path),
                 lambda: evaluate(DS, small_model(), cuda, EvaluateConfig(), nowhere, tmp_path, tmp_path, tmp_path),
                 lambda: compare(DS, small_model(), cuda, EvaluateConfig(), CompareConfig(), nowhere, tmp_path,
-                                tmp_path, tmp_path)):
+                                tmp_path, tmp_path, tmp_path)):
         with pytest.raises(DeviceUnavailableError, match=r"train\.device is 'cuda'.*set train\.device to 'auto' or 'cpu'"):
             run()
 
@@ -408,8 +408,8 @@ def test_evaluate_writes_every_rate_and_pattern(fixture_dir, tmp_path):
     mc, tc = small_model(), small_train(epochs=2)
     ec = EvaluateConfig(test_missing_rates=[0.0, 0.3, 0.7], mask_draws=2)
     train(DS, mc, tc, fixture_dir, tmp_path / "models", plots_dir=tmp_path / "plots")
-    res = evaluate(DS, mc, tc, ec, fixture_dir, tmp_path / "models", tmp_path / "metrics", tmp_path / "plots")
-    on_disk = json.loads((tmp_path / "metrics" / f"{DS}.json").read_text())
+    res = evaluate(DS, mc, tc, ec, fixture_dir, tmp_path / "models", tmp_path / "reports", tmp_path / "plots")
+    on_disk = json.loads((tmp_path / "reports" / DS / "evaluate.json").read_text())
     assert on_disk == res and list(res) == ["test", "valid"]
     conds = ["r0.0", "r0.3", "r0.7", "miss_text", "miss_vision", "miss_audio", "miss_face"]
     for split in ("test", "valid"):
@@ -417,45 +417,75 @@ def test_evaluate_writes_every_rate_and_pattern(fixture_dir, tmp_path):
         for m in res[split].values():
             assert list(m) == ["acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7", "acc5", "mae", "corr"]
             assert 0.0 <= m["acc2_has0"] <= 1.0 and m["mae"] >= 0
-    lineage = json.loads((tmp_path / "metrics" / f"{DS}_lineage.json").read_text())
+    lineage = json.loads((tmp_path / "reports" / DS / "evaluate_lineage.json").read_text())
     assert lineage["trml"]["provenance"]["modalities"]["face"]["weights_id"] == "face-weights:v1"
     assert (tmp_path / "plots" / DS / "missing_rate.png").read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "plots" / DS / "missing_rate.csv").read_text().splitlines()
     assert table[0] == "rate,acc2_has0,f1_has0,acc2_non0,f1_non0,acc7,acc5,corr,mae" and [r.split(",")[0] for r in table[1:]] == ["0.0", "0.3", "0.7"]
     assert (tmp_path / "plots" / DS / "train_trml.csv").is_file()
     # The same evaluation again gives the same bytes.
-    before = (tmp_path / "metrics" / f"{DS}.json").read_bytes()
-    evaluate(DS, mc, tc, ec, fixture_dir, tmp_path / "models", tmp_path / "metrics", tmp_path / "plots")
-    assert (tmp_path / "metrics" / f"{DS}.json").read_bytes() == before
+    before = (tmp_path / "reports" / DS / "evaluate.json").read_bytes()
+    evaluate(DS, mc, tc, ec, fixture_dir, tmp_path / "models", tmp_path / "reports", tmp_path / "plots")
+    assert (tmp_path / "reports" / DS / "evaluate.json").read_bytes() == before
     # A checkpoint trained with other settings is not passed off as this one.
     with pytest.raises(StaleModelError, match="train.lr"):
         evaluate(DS, mc, small_train(epochs=2, lr=0.01), ec, fixture_dir, tmp_path / "models",
-                 tmp_path / "metrics", tmp_path / "plots")
+                 tmp_path / "reports", tmp_path / "plots")
 
 
-def test_compare_writes_every_variant(fixture_dir, tmp_path):
+def test_compare_writes_every_variant_and_seed(fixture_dir, tmp_path):
     from trml.compare import compare
-    ec = EvaluateConfig(test_missing_rates=[0.0, 0.5])
-    res = compare(DS, small_model(), small_train(epochs=2), ec, CompareConfig(), fixture_dir,
-                  tmp_path / "models", tmp_path / "metrics", tmp_path / "plots")
-    assert list(res) == ["trml", "zero_fill", "no_sml", "upper_bound"]
-    assert json.loads((tmp_path / "metrics" / f"{DS}_compare.json").read_text()) == res
-    assert set(json.loads((tmp_path / "metrics" / f"{DS}_compare_lineage.json").read_text())) == set(res)
-    for variant, by_cond in res.items():
-        assert list(by_cond) == ["r0.0", "r0.5", "miss_text", "miss_vision", "miss_audio", "miss_face"]
-        assert (tmp_path / "models" / DS / variant / "best.pt").is_file()
-    # The upper bound is one reference (trained and tested on complete data), the same at every rate.
-    assert all(v == res["upper_bound"]["r0.0"] for v in res["upper_bound"].values())
-    ub = torch.load(tmp_path / "models" / DS / "upper_bound" / "best.pt", weights_only=True)
+    ec = EvaluateConfig(test_missing_rates=[0.0, 0.5], mask_draws=2)
+    res = compare(DS, small_model(), small_train(epochs=2), ec, CompareConfig(seeds=[0, 1]), fixture_dir,
+                  tmp_path / "models", tmp_path / "reports", tmp_path / "metrics", tmp_path / "plots")
+    out = tmp_path / "reports" / DS
+    assert json.loads((out / "compare.json").read_text()) == res
+    assert res["seeds"] == [0, 1] and list(res["variants"]) == ["trml", "zero_fill", "no_sml"]
+    assert res["conditions"] == ["r0.0", "r0.5", "rate_mean", "miss_text", "miss_vision", "miss_audio", "miss_face"]
+    for variant, by_cond in res["variants"].items():
+        assert list(by_cond) == res["conditions"]
+        for s in by_cond["r0.5"].values():
+            assert s["n"] == 2 and len(s["values"]) == 2 and s["sd"] is not None
+            assert s["mean"] == pytest.approx(np.mean(s["values"]), abs=1e-4)
+        for seed in (0, 1):
+            assert (tmp_path / "models" / DS / variant / f"seed{seed}" / "best.pt").is_file()
+    lineage = json.loads((out / "compare_lineage.json").read_text())
+    assert set(lineage) == {"trml", "zero_fill", "no_sml", "upper_bound"} and set(lineage["trml"]) == {"seed0", "seed1"}
+    # Two seeds are two different models.
+    assert lineage["trml"]["seed0"]["checkpoint_sha256"] != lineage["trml"]["seed1"]["checkpoint_sha256"]
+    # The upper bound: one reference on complete data, no entry per condition.
+    assert set(res["reference"]) == {"upper_bound"} and "upper_bound" not in res["variants"]
+    assert set(res["reference"]["upper_bound"]) == set(res["variants"]["trml"]["r0.0"])
+    ub = torch.load(tmp_path / "models" / DS / "upper_bound" / "seed0" / "best.pt", weights_only=True)
     assert ub["config"]["train"]["variant"] == "upper_bound"
-    summary = json.loads((tmp_path / "models" / DS / "upper_bound" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "models" / DS / "upper_bound" / "seed0" / "summary.json").read_text())
     assert summary["train_missing_rate"] == 0.0 and summary["sml"] is True
-    assert json.loads((tmp_path / "models" / DS / "no_sml" / "summary.json").read_text())["sml"] is False
+    assert json.loads((tmp_path / "models" / DS / "no_sml" / "seed0" / "summary.json").read_text())["sml"] is False
+    # Differences: trml minus each baseline at every condition, with an interval around the mean.
+    assert set(res["differences"]) == {"zero_fill", "no_sml"}
+    for by_cond in res["differences"].values():
+        for d in by_cond["r0.5"].values():
+            if d["mean"] is not None:
+                lo, hi = d["ci95"]
+                assert lo <= d["mean"] + 1e-4 and d["mean"] - 1e-4 <= hi
+    d = res["differences"]["zero_fill"]["r0.0"]["mae"]["mean"]
+    assert d == pytest.approx(res["variants"]["trml"]["r0.0"]["mae"]["mean"]
+                              - res["variants"]["zero_fill"]["r0.0"]["mae"]["mean"], abs=2e-4)
+    # Every prediction behind the numbers: 2 seeds x (1 + 2 draws + 4 patterns) masks x 18 test rows per variant.
+    preds = pq.read_table(out / "predictions.parquet")
+    assert preds.column_names == ["variant", "seed", "condition", "draw", "utterance_id", "truth", "pred"]
+    counts = preds.group_by("variant").aggregate([("pred", "count")]).to_pydict()
+    assert dict(zip(counts["variant"], counts["pred_count"])) == {
+        "trml": 2 * 7 * 18, "zero_fill": 2 * 7 * 18, "no_sml": 2 * 7 * 18, "upper_bound": 2 * 18}
+    headline = json.loads((tmp_path / "metrics" / f"{DS}.json").read_text())
+    assert set(headline) == {"trml", "trml_minus_zero_fill"}
+    assert headline["trml"]["mae_r0.0"] == res["variants"]["trml"]["r0.0"]["mae"]["mean"]
     mae = (tmp_path / "plots" / DS / "compare" / "mae.csv").read_text().splitlines()
-    assert mae[0] == "variant,rate,value" and len(mae) == 1 + 4 * 2
+    assert mae[0] == "variant,rate,mean,sd,lo,hi" and len(mae) == 1 + 3 * 2 + 1
     assert [row.split(",")[:2] for row in mae[1:3]] == [["trml", "0.0"], ["trml", "0.5"]]
-    assert mae[-1] == f"upper_bound,0.5,{res['upper_bound']['r0.5']['mae']:.4f}"
-    assert (tmp_path / "plots" / DS / "compare.png").is_file()
+    assert mae[-1].startswith("upper_bound,0.0,")
+    assert (tmp_path / "plots" / DS / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "results.md").read_text().startswith(f"# {DS}: mae")
 
 
 def test_classification_task(tmp_path):
@@ -467,7 +497,7 @@ def test_classification_task(tmp_path):
     summary = train(DS, mc, tc, root, tmp_path / "models")
     assert summary["best_valid"]["valid_wf1"] is not None
     res = evaluate(DS, mc, tc, EvaluateConfig(test_missing_rates=[0.0, 0.3]), root, tmp_path / "models",
-                   tmp_path / "metrics", tmp_path / "plots")
+                   tmp_path / "reports", tmp_path / "plots")
     assert list(res["test"]) == ["r0.0", "r0.3"]                   # one modality: no patterns
     assert list(res["test"]["r0.0"]) == ["acc", "wf1"]
     # With one modality, "never all missing" keeps every row's text: the rate changes nothing.

@@ -77,6 +77,22 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     return ckpt
 
 
+def completed_run(folder: Path, signature: str, epochs: int) -> bool:
+    """Whether `folder` holds a finished run of this signature (same settings but device/resume, same data):
+    its last.pt stopped early or ran every epoch, and best.pt is there. Read-only: another stage's run
+    folder can be checked without writing to it."""
+    last = Path(folder) / "last.pt"
+    if not last.is_file() or not (Path(folder) / "best.pt").is_file():
+        return False
+    try:
+        ckpt = load_checkpoint(last)
+    except Exception:                  # unreadable: not a run that can be reused
+        return False
+    state, trained_for = ckpt.get("state", {}), ckpt.get("config", {}).get("train", {}).get("epochs")
+    return (ckpt.get("signature") == signature and trained_for == epochs
+            and bool(state.get("stopped") or state.get("epoch", -1) + 1 >= epochs))
+
+
 def resume(path: Path, signature: str, model: TRML, opt: torch.optim.Optimizer, fresh: dict) -> dict:
     """Load last.pt into model and opt and return its training state; `fresh` where there is nothing to resume."""
     if not path.is_file():

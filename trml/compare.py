@@ -1,19 +1,26 @@
-"""`trml compare`: train and evaluate every variant of compare.variants on the same data and test masks.
+"""`trml compare`: every variant of compare.variants, once per seed of compare.seeds, on the same data and
+the same test masks; then how they differ, and how sure that is.
 
-    metrics/<dataset>_compare.json          {variant: {"r0.0": {metric: v}, ..., "miss_text": {...}}} (test split)
-    metrics/<dataset>_compare_lineage.json  checkpoint, configs and feature weights ids of each variant
-    plots/<dataset>/compare.png             one panel per metric against the missing rate, a line per variant
-    plots/<dataset>/compare/<metric>.csv    variant, rate, value (DVC plots: x=rate, y=value, colour=variant)
+    reports/<dataset>/compare.json          per variant, condition and metric: mean, sd, n and the per-seed
+                                            values; trml - each baseline with its 95% CI; upper_bound as a
+                                            reference on complete data (docs/architecture.md, "results")
+    reports/<dataset>/predictions.parquet   every test prediction behind those numbers: variant, seed,
+                                            condition, draw, utterance_id, truth, pred
+    reports/<dataset>/compare_lineage.json  checkpoint, configs and feature weights ids of every variant and seed
+    reports/<dataset>/results.md            the paper-style table (trml/report.py)
+    metrics/<dataset>.json                  the headline numbers, at most 12, that `dvc exp show` displays
+    plots/<dataset>/compare.png             a panel per metric against the missing rate, mean +- sd per variant
+    plots/<dataset>/compare/<metric>.csv    variant, rate, mean, sd, lo, hi (a DVC plot)
 
-The variants share one load of the tables, one set of settings (only train.variant changes) and, at
-test time, the very same masks. Models go to <models_dir>/<dataset>/<variant>/; a variant already
-trained there with the same settings and data is reused, not retrained (see train.resume).
+Training: a model already trained with the same settings, data and seed is reused, wherever it is
+(compare's own models_dir, or the train stage's models, given as trained_dir): the train stage's model
+at train.seed is one of compare's runs, not a second training. Others are trained into
+<models_dir>/<dataset>/<variant>/seed<k>/ (and resumed there after an interruption, see train.resume).
 
-upper_bound: DESIGN.md compares TRML "with an upper bound trained and tested on complete data". So the
-upper_bound model is trained at missing rate 0, tested at rate 0 (the natural missingness of the data
-remains: it cannot be undone), and that one result is its entry at every rate and pattern: a
-reference line, not a model under test. (`trml evaluate` with train.variant=upper_bound shows how the
-same model degrades when modalities go missing.)
+Testing: every variant and seed sees the very same test masks (evaluate.condition_masks), so the
+differences are paired. upper_bound is trained at missing rate 0 and tested once, at rate 0 (the data's
+own missingness remains: it cannot be undone): a reference, not a model under test, so it has no entry
+per condition.
 """
 from __future__ import annotations
 
@@ -22,58 +29,205 @@ import io
 import logging
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from trml.checkpoint import completed_run, run_dir, run_signature
 from trml.config import CompareConfig, EvaluateConfig, ModelConfig, TrainConfig
-from trml.data import load_dataset
-from trml.evaluate import conditions, evaluate_split, lineage, load_model, plot_vs_rate
-from trml.metrics import metric_keys
-from trml.missing import rate_key
-from trml.checkpoint import run_dir
+from trml.data import DataError, TRMLData, load_dataset
 from trml.device import pick_device
-from trml.io import write_json, write_text_atomic
+from trml.evaluate import condition_masks, conditions, lineage, load_model, plot_vs_rate, predict_masks
+from trml.io import atomic_path, write_json, write_text_atomic
+from trml.metrics import DECIMALS, HEADLINE, metric_keys
+from trml.missing import RATE_MEAN, derive_seed, rate_key
+from trml.report import render_markdown
+from trml.stats import PairedBootstrap, seed_values, summarize
 from trml.train import fit, memmap_path
 
 log = logging.getLogger(__name__)
 
+REFERENCE = "upper_bound"
+# The numbers metrics/<dataset>.json holds (what `dvc exp show` shows): trml's at no missing data, at the
+# highest test rate and averaged over the rates, and trml - zero_fill on the rate average with its CI.
+HEADLINE_METRICS = {"regression": ("mae", "acc2_non0"), "classification": ("acc", "wf1")}
+
 
 def compare(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_cfg: EvaluateConfig,
-            compare_cfg: CompareConfig, data_dir: Path, models_dir: Path, metrics_dir: Path,
-            plots_dir: Path) -> dict:
+            compare_cfg: CompareConfig, data_dir: Path, models_dir: Path, reports_dir: Path, metrics_dir: Path,
+            plots_dir: Path, trained_dir: Path | None = None) -> dict:
     pick_device(train_cfg.device)             # a device that is not there fails now, not after the load
     data = load_dataset(dataset, model_cfg, Path(data_dir), memmap_path(train_cfg, dataset))
+    test_idx = data.indices("test")
+    if len(test_idx) == 0:
+        raise DataError(f"{dataset}: the manifest has no labelled test rows, so there is nothing to compare on; "
+                        f"check the split column of data/index/{dataset}.parquet")
     conds = conditions(data.names, eval_cfg)
-    results, lineages = {}, {}
+    masks = condition_masks(data, "test", list(dict.fromkeys(conds + [rate_key(0.0)])), eval_cfg)
+    Path(models_dir, dataset).mkdir(parents=True, exist_ok=True)        # a DVC out, even when every run is reused
+    preds: dict[str, dict[str, list[np.ndarray]]] = {}
+    lineages: dict[str, dict] = {}
     for variant in compare_cfg.variants:
-        cfg = train_cfg.model_copy(update={"variant": variant})
-        fit(data, model_cfg, cfg, Path(models_dir))
-        path = run_dir(Path(models_dir), dataset, variant) / "best.pt"
-        model, ckpt = load_model(path, model_cfg, cfg, data)
-        if variant == "upper_bound":
-            reference = evaluate_split(model, data, "test", [rate_key(0.0)], eval_cfg).get(rate_key(0.0))
-            results[variant] = {c: dict(reference) for c in conds} if reference else {}
-        else:
-            results[variant] = evaluate_split(model, data, "test", conds, eval_cfg)
-        lineages[variant] = lineage(path, ckpt, eval_cfg)
-        log.info("compare %s/%s: %s", dataset, variant, results[variant].get(conds[0]))
+        tested = [rate_key(0.0)] if variant == REFERENCE else conds
+        for seed in compare_cfg.seeds:
+            cfg = train_cfg.model_copy(update={"variant": variant, "seed": seed})
+            path = trained_model(data, model_cfg, cfg, Path(models_dir), trained_dir)
+            model, ckpt = load_model(path, model_cfg, cfg, data)
+            for cond in tested:
+                preds.setdefault(variant, {}).setdefault(cond, []).append(
+                    np.stack(predict_masks(model, data, test_idx, masks[cond])))
+            lineages.setdefault(variant, {})[f"seed{seed}"] = lineage(path, ckpt, eval_cfg)
+        log.info("compare %s/%s: %d seed(s) tested", dataset, variant, len(compare_cfg.seeds))
+    by_variant = {v: {c: np.stack(p) for c, p in by_cond.items()} for v, by_cond in preds.items()}
 
-    metrics_dir, plots_dir = Path(metrics_dir), Path(plots_dir)
-    write_json(results, metrics_dir / f"{dataset}_compare.json")
-    write_json(lineages, metrics_dir / f"{dataset}_compare_lineage.json")
+    truth = data.y[test_idx].cpu().numpy()
     rates = [rate_key(r) for r in eval_cfg.test_missing_rates]
+    results = summarize_comparison(data, by_variant, truth, conds, rates, compare_cfg,
+                                   derive_seed(eval_cfg.seed, "bootstrap"))
+    out = Path(reports_dir) / dataset
+    write_json(results, out / "compare.json")
+    write_json(lineages, out / "compare_lineage.json")
+    write_predictions(by_variant, data.ids[test_idx.numpy()], truth, compare_cfg.seeds, out / "predictions.parquet")
+    write_text_atomic(render_markdown(results), out / "results.md")
+    write_json(headline(results, rates), Path(metrics_dir) / f"{dataset}.json")
     keys = metric_keys(data.task)
-    plot_vs_rate(results, rates, keys, plots_dir / dataset / "compare.png", title=f"{dataset}: variants (test)")
-    write_variant_tables(results, rates, keys, plots_dir / dataset / "compare")
+    curves = {v: {r: {k: (s["mean"], s["sd"]) for k, s in by_cond.get(r, {}).items()} for r in rates}
+              for v, by_cond in results["variants"].items()}
+    reference = {name: {k: (s["mean"], s["sd"]) for k, s in by_metric.items()}
+                 for name, by_metric in results["reference"].items()}
+    plot_vs_rate(curves, rates, keys, Path(plots_dir) / dataset / "compare.png",
+                 title=f"{dataset}: variants (test, mean +- sd over {len(compare_cfg.seeds)} seeds)",
+                 reference=reference)
+    write_variant_tables(results, rates, keys, Path(plots_dir) / dataset / "compare")
     return results
 
 
-def write_variant_tables(results: dict[str, dict], rates: list[str], keys: tuple[str, ...], folder: Path) -> None:
-    """One CSV per metric, long format: variant, rate, value (a DVC plot coloured by variant)."""
+def trained_model(data: TRMLData, model_cfg: ModelConfig, cfg: TrainConfig, models_dir: Path,
+                  trained_dir: Path | None) -> Path:
+    """best.pt of this (variant, seed): a finished run with the same signature where there is one, else
+    trained now into models_dir (resumed from its last.pt after an interruption)."""
+    signature = run_signature(model_cfg, cfg, data)
+    own = run_dir(models_dir, data.dataset, cfg.variant) / f"seed{cfg.seed}"
+    for folder in ([run_dir(trained_dir, data.dataset, cfg.variant)] if trained_dir else []) + [own]:
+        if completed_run(folder, signature, cfg.epochs):
+            log.info("%s/%s seed %d: reusing %s (same settings, data and seed)", data.dataset, cfg.variant,
+                     cfg.seed, folder)
+            return folder / "best.pt"
+    fit(data, model_cfg, cfg, models_dir, out=own)
+    return own / "best.pt"
+
+
+def summarize_comparison(data: TRMLData, preds: dict[str, dict[str, np.ndarray]], truth: np.ndarray,
+                         conds: list[str], rates: list[str], compare_cfg: CompareConfig, boot_seed: int) -> dict:
+    """compare.json: per-seed statistics of every variant, paired differences, and the reference."""
+    task = data.task
+    tested = [v for v in preds if v != REFERENCE]
+    boot = PairedBootstrap(task, truth, len(compare_cfg.seeds), compare_cfg.bootstrap, boot_seed)
+    order = rates + [RATE_MEAN] + [c for c in conds if c not in rates]      # the report's column order
+    variants = {}
+    for v in tested:
+        per_cond = {c: seed_values(task, preds[v][c], truth) for c in conds}
+        per_cond[RATE_MEAN] = {k: _mean_over([per_cond[r][k] for r in rates]) for k in metric_keys(task)}
+        variants[v] = {c: {k: _rounded(summarize(vals)) for k, vals in per_cond[c].items()} for c in order}
+    differences = {}
+    for base in tested:
+        if base == "trml":
+            continue
+        # A condition is a list of one; RATE_MEAN averages the difference over every rate.
+        sides = {c: [c] for c in conds} | {RATE_MEAN: rates}
+        differences[base] = {c: _rounded_diff(boot.difference([("trml", r, preds["trml"][r]) for r in sides[c]],
+                                                              [(base, r, preds[base][r]) for r in sides[c]]))
+                             for c in order}
+    reference = {}
+    if REFERENCE in preds:
+        ref = seed_values(task, preds[REFERENCE][rate_key(0.0)], truth)
+        reference[REFERENCE] = {k: _rounded(summarize(vals)) for k, vals in ref.items()}
+    return {
+        "dataset": data.dataset, "task": task, "headline": HEADLINE[task],
+        "seeds": list(compare_cfg.seeds),
+        "conditions": order, "rates": rates,
+        "split_sizes": {s: int(len(data.indices(s))) for s in ("train", "valid", "test")},
+        "method": {"spread": "sd over seeds (n - 1)", "ci": "two-level paired bootstrap (seeds and test "
+                   "utterances resampled with replacement), percentile 95% interval",
+                   "resamples": compare_cfg.bootstrap, "seed": boot_seed},
+        "variants": variants, "differences": differences, "reference": reference,
+        "provenance": data.provenance(),
+    }
+
+
+def headline(results: dict, rates: list[str]) -> dict:
+    """metrics/<dataset>.json: at most 12 numbers, one level deep (see HEADLINE_METRICS)."""
+    task, trml = results["task"], results["variants"]["trml"]
+    low, high = rates[0], rates[-1]
+    out = {"trml": {}}
+    for key in HEADLINE_METRICS[task]:
+        for cond, name in ((low, f"{key}_{low}"), (high, f"{key}_{high}"), (RATE_MEAN, f"{key}_mean")):
+            out["trml"][name] = trml[cond][key]["mean"]
+    main = HEADLINE[task]
+    diff = results["differences"].get("zero_fill", {}).get(RATE_MEAN, {}).get(main)
+    if diff is not None:
+        lo, hi = diff["ci95"] or (None, None)
+        out["trml_minus_zero_fill"] = {f"{main}_mean": diff["mean"], "ci95_lo": lo, "ci95_hi": hi}
+    return out
+
+
+def write_predictions(preds: dict[str, dict[str, np.ndarray]], ids: np.ndarray, truth: np.ndarray,
+                      seeds: list[int], path: Path) -> None:
+    """One row per (variant, seed, condition, draw, utterance): everything the statistics were computed from."""
+    cols: dict[str, list] = {k: [] for k in ("variant", "seed", "condition", "draw", "utterance_id", "truth", "pred")}
+    for variant, by_cond in preds.items():
+        for cond, p in by_cond.items():              # (S, D, n) scores or (S, D, n, C) logits
+            labels = p if p.ndim == 3 else p.argmax(-1)
+            for s, seed in enumerate(seeds):
+                for d in range(p.shape[1]):
+                    n = len(ids)
+                    cols["variant"] += [variant] * n
+                    cols["seed"] += [seed] * n
+                    cols["condition"] += [cond] * n
+                    cols["draw"] += [d] * n
+                    cols["utterance_id"].append(ids)
+                    cols["truth"].append(truth)
+                    cols["pred"].append(labels[s, d])
+    table = pa.table({
+        "variant": pa.array(cols["variant"], pa.string()), "seed": pa.array(cols["seed"], pa.int64()),
+        "condition": pa.array(cols["condition"], pa.string()), "draw": pa.array(cols["draw"], pa.int32()),
+        "utterance_id": pa.array(np.concatenate(cols["utterance_id"]).tolist(), pa.string()),
+        "truth": pa.array(np.concatenate(cols["truth"]).astype(np.float64)),
+        "pred": pa.array(np.concatenate(cols["pred"]).astype(np.float64)),
+    })
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def write_variant_tables(results: dict, rates: list[str], keys: tuple[str, ...], folder: Path) -> None:
+    """One CSV per metric, long format: variant, rate, mean, sd, lo, hi (lo/hi = mean -+ sd; a DVC plot
+    coloured by variant, with a band). The reference appears once, at rate 0.0."""
     for key in keys:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["variant", "rate", "value"])
-        for variant, by_cond in results.items():
-            for r in rates:
-                v = by_cond.get(r, {}).get(key)
-                if v is not None:
-                    w.writerow([variant, r[1:], f"{v:.4f}"])
+        w.writerow(["variant", "rate", "mean", "sd", "lo", "hi"])
+        rows = [(v, r, by_cond.get(r, {}).get(key)) for v, by_cond in results["variants"].items() for r in rates]
+        rows += [(name, rate_key(0.0), by_metric.get(key)) for name, by_metric in results["reference"].items()]
+        for variant, r, s in rows:
+            if s and s["mean"] is not None:
+                sd = s["sd"] or 0.0
+                w.writerow([variant, r[1:], *(f"{x:.4f}" for x in (s["mean"], sd, s["mean"] - sd, s["mean"] + sd))])
         write_text_atomic(buf.getvalue(), folder / f"{key}.csv")
+
+
+def _mean_over(per_rate: list[list[float | None]]) -> list[float | None]:
+    """Per seed: the mean over the rates (None where any rate is undefined)."""
+    return [None if any(v is None for v in vals) else float(np.mean(vals)) for vals in zip(*per_rate)]
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(float(v), DECIMALS)
+
+
+def _rounded(s: dict) -> dict:
+    return {"mean": _round(s["mean"]), "sd": _round(s["sd"]), "n": s["n"], "values": [_round(v) for v in s["values"]]}
+
+
+def _rounded_diff(by_metric: dict[str, dict]) -> dict[str, dict]:
+    return {k: {"mean": _round(d["mean"]), "ci95": None if d["ci95"] is None else [_round(x) for x in d["ci95"]]}
+            for k, d in by_metric.items()}

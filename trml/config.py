@@ -110,4 +110,30 @@ class EvaluateConfig(Strict):
 class CompareConfig(Strict):
     variants: list[Variant] = Field(
         default_factory=lambda: ["trml", "zero_fill", "no_sml", "upper_bound"],
-        description="variants `trml compare` trains and evaluates on the same data and test masks")
+        description="variants `trml compare` trains and evaluates on the same data and test masks; trml is "
+                    "compared with each of the others")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2],
+        description="train.seed of each training run: every variant is trained once per seed (a model already "
+                    "trained with the same settings, data and seed is reused, the train stage's included)")
+    bootstrap: int = Field(
+        1000, ge=100, le=100_000,
+        description="paired bootstrap resamples behind each 95% confidence interval of trml - baseline")
+
+    @field_validator("variants")
+    @classmethod
+    def _has_trml(cls, v: list[str]) -> list[str]:
+        if "trml" not in v:
+            raise ValueError(f"must include trml, the model every other variant is compared with; got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a variant is listed twice: {v}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("give at least one seed, e.g. [0, 1, 2]")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a seed is listed twice: {v}")
+        return v

@@ -1,18 +1,21 @@
 """`trml evaluate`: the trained variant under every test missing rate and single-modality pattern.
 
-    metrics/<dataset>.json          {"test": {"r0.0": {metric: v}, ..., "miss_text": {...}}, "valid": {...}}
-    metrics/<dataset>_lineage.json  which checkpoint, feature tables and weights ids made those numbers
-    plots/<dataset>/missing_rate.csv  test metrics per rate (columns rate, <metrics>): a DVC plot
-    plots/<dataset>/missing_rate.png  the same, one panel per metric
+    reports/<dataset>/evaluate.json          {"test": {"r0.0": {metric: v}, ..., "miss_text": {...}}, "valid": {...}}
+    reports/<dataset>/evaluate_lineage.json  which checkpoint, feature tables and weights ids made those numbers
+    plots/<dataset>/missing_rate.csv         test metrics per rate (columns rate, <metrics>): a DVC plot
+    plots/<dataset>/missing_rate.png         the same, one panel per metric
 
-Every condition's mask is seeded from (evaluate.seed, split, condition, draw) only, so every variant
-is tested on exactly the same missing entries. With evaluate.mask_draws > 1 the metrics of a random
-rate are the mean over that many mask draws (a pattern or rate 0 has one possible mask).
+The headline numbers that `dvc exp show` displays (metrics/<dataset>.json) come from `trml compare`,
+which runs every variant over several seeds; this is one model's full picture.
+
+Every condition's mask is seeded from (evaluate.seed, split, condition, draw) only (condition_masks), so
+every variant and every seed is tested on exactly the same missing entries. With evaluate.mask_draws > 1
+the metrics of a random rate are the mean over that many mask draws (a pattern or rate 0 has one
+possible mask).
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 from pathlib import Path
@@ -27,7 +30,7 @@ from trml.missing import derive_seed, mask_for, pattern_names, rate_key
 from trml.model import TRML, InputSpec
 from trml.checkpoint import load_checkpoint, run_dir
 from trml.device import pick_device
-from trml.io import write_json, write_text_atomic
+from trml.io import sha256_file, write_json, write_text_atomic
 from trml.train import memmap_path, predict
 
 log = logging.getLogger(__name__)
@@ -40,22 +43,23 @@ class StaleModelError(RuntimeError):
 
 
 def evaluate(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_cfg: EvaluateConfig,
-             data_dir: Path, models_dir: Path, metrics_dir: Path, plots_dir: Path) -> dict:
+             data_dir: Path, models_dir: Path, reports_dir: Path, plots_dir: Path) -> dict:
     pick_device(train_cfg.device)             # a device that is not there fails now, not after the load
     data = load_dataset(dataset, model_cfg, Path(data_dir), memmap_path(train_cfg, dataset))
     ckpt_path = run_dir(Path(models_dir), dataset, train_cfg.variant) / "best.pt"
     model, ckpt = load_model(ckpt_path, model_cfg, train_cfg, data)
     conds = conditions(data.names, eval_cfg)
     results = {split: evaluate_split(model, data, split, conds, eval_cfg) for split in ("test", "valid")}
-    metrics_dir, plots_dir = Path(metrics_dir), Path(plots_dir)
-    write_json(results, metrics_dir / f"{dataset}.json")
-    write_json({train_cfg.variant: lineage(ckpt_path, ckpt, eval_cfg)}, metrics_dir / f"{dataset}_lineage.json")
+    out, plots_dir = Path(reports_dir) / dataset, Path(plots_dir)
+    write_json(results, out / "evaluate.json")
+    write_json({train_cfg.variant: lineage(ckpt_path, ckpt, eval_cfg)}, out / "evaluate_lineage.json")
     rates = [rate_key(r) for r in eval_cfg.test_missing_rates]
     keys = metric_keys(data.task)
     write_rate_table(results["test"], rates, keys, plots_dir / dataset / "missing_rate.csv")
-    plot_vs_rate({train_cfg.variant: results["test"]}, rates, keys, plots_dir / dataset / "missing_rate.png",
+    curves = {train_cfg.variant: {r: {k: (v, None) for k, v in results["test"].get(r, {}).items()} for r in rates}}
+    plot_vs_rate(curves, rates, keys, plots_dir / dataset / "missing_rate.png",
                  title=f"{dataset}: {train_cfg.variant} (test)")
-    log.info("wrote %s", metrics_dir / f"{dataset}.json")
+    log.info("wrote %s", out / "evaluate.json")
     return results
 
 
@@ -71,18 +75,28 @@ def evaluate_split(model: TRML, data: TRMLData, split: str, conds: list[str],
     if len(idx) == 0:
         log.warning("%s: no labelled %s rows; its section of the metrics is empty", data.dataset, split)
         return {}
-    natural = data.present().cpu()[idx]
     truth = data.y[idx].cpu().numpy()
+    masks = condition_masks(data, split, conds, eval_cfg)
+    return {cond: mean_metrics([compute_metrics(data.task, pred, truth, digits=None)
+                                for pred in predict_masks(model, data, idx, masks[cond])])
+            for cond in conds}
+
+
+def condition_masks(data: TRMLData, split: str, conds: list[str], eval_cfg: EvaluateConfig) -> dict[str, list[torch.Tensor]]:
+    """{condition: one mask per draw} for the rows of `split`, seeded only by (evaluate.seed, split,
+    condition, draw): the same for every variant and seed, which is what makes comparisons paired."""
+    natural = data.present().cpu()[data.indices(split)]
     out = {}
     for cond in conds:
         draws = eval_cfg.mask_draws if cond.startswith("r") and float(cond[1:]) > 0 else 1
-        runs = []
-        for d in range(draws):
-            mask = mask_for(natural, data.names, cond, derive_seed(eval_cfg.seed, split, cond, d))
-            pred = predict(model, data, idx, mask, EVAL_BATCH)
-            runs.append(compute_metrics(data.task, pred, truth, digits=None))
-        out[cond] = mean_metrics(runs)
+        out[cond] = [mask_for(natural, data.names, cond, derive_seed(eval_cfg.seed, split, cond, d))
+                     for d in range(draws)]
     return out
+
+
+def predict_masks(model: TRML, data: TRMLData, idx: torch.Tensor, masks: list[torch.Tensor]) -> list[np.ndarray]:
+    """The model's outputs for rows idx under each mask."""
+    return [predict(model, data, idx, mask, EVAL_BATCH) for mask in masks]
 
 
 def load_model(path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, data: TRMLData) -> tuple[TRML, dict]:
@@ -110,7 +124,7 @@ def load_model(path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, data:
 
 def lineage(path: Path, ckpt: dict, eval_cfg: EvaluateConfig) -> dict:
     return {
-        "checkpoint": str(path), "checkpoint_sha256": _sha256(path), "best_epoch": ckpt["epoch"],
+        "checkpoint": str(path), "checkpoint_sha256": sha256_file(path), "best_epoch": ckpt["epoch"],
         "task": ckpt["task"], "class_names": ckpt["class_names"],
         "config": ckpt["config"], "evaluate": eval_cfg.model_dump(mode="json"),
         "provenance": ckpt["provenance"],
@@ -130,32 +144,49 @@ def write_rate_table(by_cond: dict[str, dict], rates: list[str], keys: tuple[str
     write_text_atomic(buf.getvalue(), path)
 
 
-def plot_vs_rate(by_variant: dict[str, dict[str, dict]], rates: list[str], keys: tuple[str, ...], path: Path,
-                 title: str) -> None:
-    """One panel per metric, metric against missing rate, one line per variant (a PNG anyone can open)."""
+def plot_vs_rate(curves: dict[str, dict[str, dict[str, tuple[float | None, float | None]]]], rates: list[str],
+                 keys: tuple[str, ...], path: Path, title: str,
+                 reference: dict[str, dict[str, tuple[float | None, float | None]]] | None = None) -> None:
+    """One panel per metric against the missing rate: a line per variant, a band of +-1 sd where there is
+    one (over seeds), and each reference (upper_bound, tested on complete data) as one dashed level.
+
+    curves: {variant: {rate: {metric: (mean, sd)}}}; reference: {name: {metric: (mean, sd)}}.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ncol = min(4, len(keys))
     nrow = int(np.ceil(len(keys) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow), squeeze=False)
-    xs = [float(r[1:]) for r in rates]
+    xs = np.array([float(r[1:]) for r in rates])
     for ax, key in zip(axes.flat, keys):
-        for variant, by_cond in by_variant.items():
-            ys = [by_cond.get(r, {}).get(key) for r in rates]
-            ys = [np.nan if v is None else v for v in ys]
-            ax.plot(xs, ys, marker="o", label=variant, linestyle="--" if variant == "upper_bound" else "-")
+        for variant, by_rate in curves.items():
+            mean = np.array([_num(by_rate.get(r, {}).get(key, (None, None))[0]) for r in rates])
+            sd = np.array([_num(by_rate.get(r, {}).get(key, (None, None))[1]) for r in rates])
+            line, = ax.plot(xs, mean, marker="o", label=variant)
+            if np.isfinite(sd).any():
+                ax.fill_between(xs, mean - sd, mean + sd, color=line.get_color(), alpha=0.2, linewidth=0)
+        for name, by_metric in (reference or {}).items():
+            mean, sd = (_num(v) for v in by_metric.get(key, (None, None)))
+            if np.isfinite(mean):
+                line = ax.axhline(mean, linestyle="--", color="grey", label=f"{name} (complete data)")
+                if np.isfinite(sd):
+                    ax.axhspan(mean - sd, mean + sd, color=line.get_color(), alpha=0.12, linewidth=0)
         ax.set_title(key)
         ax.set_xlabel("missing rate")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
+    axes.flat[0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, metadata={"Software": None})    # no version stamp: same numbers, same bytes
     plt.close(fig)
+
+
+def _num(v: float | None) -> float:
+    return np.nan if v is None else float(v)
 
 
 def _comparable(train: dict) -> dict:
@@ -165,7 +196,3 @@ def _comparable(train: dict) -> dict:
 
 def _cell(v) -> str:
     return "" if v is None else f"{v:.4f}"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -34,13 +34,11 @@ def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     A label never predicted has precision 0/0, taken as 0 (scikit-learn's zero_division default).
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    total = 0.0
-    for label in np.union1d(y_true, y_pred):
-        tp = np.sum((y_pred == label) & (y_true == label))
-        n_pred, n_true = np.sum(y_pred == label), np.sum(y_true == label)
-        f1 = 2.0 * tp / (n_pred + n_true) if n_pred + n_true else 0.0
-        total += n_true * f1
-    return float(total / len(y_true)) if len(y_true) else float("nan")
+    if len(y_true) == 0:
+        return float("nan")
+    labels = np.union1d(y_true, y_pred)
+    t, p = np.searchsorted(labels, y_true), np.searchsorted(labels, y_pred)
+    return float(_class_rows(t, p, len(labels), np.ones((1, len(t))))["wf1"][0])
 
 
 def multiclass_acc(y_pred: np.ndarray, y_true: np.ndarray) -> float:
@@ -48,33 +46,93 @@ def multiclass_acc(y_pred: np.ndarray, y_true: np.ndarray) -> float:
     return float(np.mean(np.round(y_pred) == np.round(y_true)))
 
 
-def regression_metrics(pred: np.ndarray, truth: np.ndarray, digits: int | None = DECIMALS) -> dict[str, float | None]:
-    pred = np.asarray(pred, np.float64).reshape(-1)
-    truth = np.asarray(truth, np.float64).reshape(-1)
-    if len(truth) == 0:
-        return {k: None for k in REGRESSION_KEYS}
-    non0 = truth != 0
-    out = {
-        "acc2_has0": float(np.mean((pred >= 0) == (truth >= 0))),
-        "f1_has0": weighted_f1(truth >= 0, pred >= 0),
-        "acc2_non0": float(np.mean((pred[non0] > 0) == (truth[non0] > 0))) if non0.any() else None,
-        "f1_non0": weighted_f1(truth[non0] > 0, pred[non0] > 0) if non0.any() else None,
-        "acc7": multiclass_acc(np.clip(pred, -3.0, 3.0), np.clip(truth, -3.0, 3.0)),
-        "acc5": multiclass_acc(np.clip(pred, -2.0, 2.0), np.clip(truth, -2.0, 2.0)),
-        "mae": float(np.mean(np.abs(pred - truth))),
-        "corr": _pearson(pred, truth),
+def metric_rows(task: str, pred: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every metric of the task, once per row of `weights` (B, n): how many times each sample counts.
+
+    The one implementation of the metrics. compute_metrics is its single-row case (every sample once);
+    the bootstrap (trml/stats.py) gives it a row of resampling counts per resample. Each metric is a
+    function of weighted sums of per-sample quantities, so B resamples cost one matrix product.
+    pred: scores (regression), or logits (n, C) / labels (n,) (classification). Undefined values (no
+    non-zero truth; a constant side for corr) are nan.
+    """
+    truth = np.asarray(truth).reshape(-1)
+    w = np.ones((1, len(truth))) if weights is None else np.asarray(weights, np.float64)
+    if task == "regression":
+        return _regression_rows(np.asarray(pred, np.float64).reshape(-1), truth.astype(np.float64), w)
+    pred = np.asarray(pred)
+    labels = (pred.argmax(-1) if pred.ndim == 2 else pred.reshape(-1)).astype(np.int64)
+    truth = truth.astype(np.int64)
+    n_labels = int(max(labels.max(initial=0), truth.max(initial=0))) + 1
+    return _class_rows(truth, labels, n_labels, w)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return np.divide(num, den, out=np.full(np.shape(num), np.nan), where=den > 0)
+
+
+def _binary_wf1(n: np.ndarray, true1: np.ndarray, pred1: np.ndarray, tp1: np.ndarray, tp0: np.ndarray) -> np.ndarray:
+    """Weighted F1 of labels {0, 1} from weighted counts (F1 = 2 tp / (n_pred + n_true), 0 when both are 0)."""
+    true0, pred0 = n - true1, n - pred1
+    return _ratio(true1 * _f1(tp1, true1, pred1) + true0 * _f1(tp0, true0, pred0), n)
+
+
+def _f1(tp: np.ndarray, n_true: np.ndarray, n_pred: np.ndarray) -> np.ndarray:
+    """2 tp / (n_true + n_pred), 0 where a label is neither true nor predicted."""
+    return np.divide(2 * tp, n_true + n_pred, out=np.zeros(np.shape(tp)), where=n_true + n_pred > 0)
+
+
+def _regression_rows(p: np.ndarray, t: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+    # Centre first (corr is shift-invariant), so that the weighted moments below lose no precision.
+    pc, tc = p - p.mean(), t - t.mean()
+    cols = np.stack([
+        np.ones_like(p), (p >= 0) == (t >= 0), t >= 0, p >= 0, (t >= 0) & (p >= 0), (t < 0) & (p < 0),
+        t != 0, ((p > 0) == (t > 0)) & (t != 0), t > 0, (p > 0) & (t != 0), (t > 0) & (p > 0), (t < 0) & (p <= 0),
+        np.round(np.clip(p, -3.0, 3.0)) == np.round(np.clip(t, -3.0, 3.0)),
+        np.round(np.clip(p, -2.0, 2.0)) == np.round(np.clip(t, -2.0, 2.0)),
+        np.abs(p - t), pc, tc, pc * pc, tc * tc, pc * tc,
+    ], axis=1).astype(np.float64)
+    (n, has0_agree, true1, pred1, tp1, tp0, n_non0, non0_agree, true1_nz, pred1_nz, tp1_nz, tp0_nz,
+     eq7, eq5, abs_err, sp, st, spp, stt, spt) = (w @ cols).T
+    var_p, var_t = spp / n - (sp / n) ** 2, stt / n - (st / n) ** 2
+    constant = np.ptp(p) == 0 or np.ptp(t) == 0 or len(p) < 2
+    defined = (var_p > 0) & (var_t > 0) & (not constant)
+    cov = spt / n - (sp / n) * (st / n)
+    return {
+        "acc2_has0": has0_agree / n,
+        "f1_has0": _binary_wf1(n, true1, pred1, tp1, tp0),
+        "acc2_non0": _ratio(non0_agree, n_non0),
+        "f1_non0": _binary_wf1(n_non0, true1_nz, pred1_nz, tp1_nz, tp0_nz),
+        "acc7": eq7 / n,
+        "acc5": eq5 / n,
+        "mae": abs_err / n,
+        "corr": np.divide(cov, np.sqrt(np.abs(var_p * var_t)), out=np.full(len(n), np.nan), where=defined),
     }
-    return _rounded(out, digits)
+
+
+def _class_rows(t: np.ndarray, p: np.ndarray, n_labels: int, w: np.ndarray) -> dict[str, np.ndarray]:
+    cols = [np.ones(len(t)), p == t]
+    for label in range(n_labels):
+        cols += [t == label, p == label, (t == label) & (p == label)]
+    sums = w @ np.stack(cols, axis=1).astype(np.float64)
+    n, correct = sums[:, 0], sums[:, 1]
+    total = np.zeros(len(n))
+    for label in range(n_labels):
+        n_true, n_pred, tp = sums[:, 2 + 3 * label], sums[:, 3 + 3 * label], sums[:, 4 + 3 * label]
+        total += n_true * _f1(tp, n_true, n_pred)
+    return {"acc": _ratio(correct, n), "wf1": _ratio(total, n)}
+
+
+def regression_metrics(pred: np.ndarray, truth: np.ndarray, digits: int | None = DECIMALS) -> dict[str, float | None]:
+    if len(np.asarray(truth).reshape(-1)) == 0:
+        return {k: None for k in REGRESSION_KEYS}
+    return _scalars(metric_rows("regression", pred, truth), digits)
 
 
 def classification_metrics(pred_labels: np.ndarray, truth: np.ndarray,
                            digits: int | None = DECIMALS) -> dict[str, float | None]:
-    pred_labels = np.asarray(pred_labels).reshape(-1)
-    truth = np.asarray(truth).reshape(-1)
-    if len(truth) == 0:
+    if len(np.asarray(truth).reshape(-1)) == 0:
         return {k: None for k in CLASSIFICATION_KEYS}
-    return _rounded({"acc": float(np.mean(pred_labels == truth)), "wf1": weighted_f1(truth, pred_labels)},
-                    digits)
+    return _scalars(metric_rows("classification", np.asarray(pred_labels).reshape(-1), truth), digits)
 
 
 def compute_metrics(task: str, pred: np.ndarray, truth: np.ndarray,
@@ -86,6 +144,11 @@ def compute_metrics(task: str, pred: np.ndarray, truth: np.ndarray,
     return classification_metrics(pred.argmax(-1) if pred.ndim == 2 else pred, truth, digits)
 
 
+def _scalars(rows: dict[str, np.ndarray], digits: int | None) -> dict[str, float | None]:
+    """The single row of metric_rows as floats, nan -> None (JSON holds no NaN)."""
+    return _rounded({k: None if np.isnan(v[0]) else float(v[0]) for k, v in rows.items()}, digits)
+
+
 def mean_metrics(runs: list[dict[str, float | None]], digits: int | None = DECIMALS) -> dict[str, float | None]:
     """The mean of each metric over several mask draws (None if any draw has it undefined).
 
@@ -94,12 +157,6 @@ def mean_metrics(runs: list[dict[str, float | None]], digits: int | None = DECIM
     keys = runs[0].keys()
     return _rounded({k: None if any(r[k] is None for r in runs) else float(np.mean([r[k] for r in runs]))
                      for k in keys}, digits)
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
-    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
-        return None                    # np.corrcoef would give nan, which JSON cannot hold
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def _rounded(d: dict[str, float | None], digits: int | None) -> dict[str, float | None]:

@@ -62,6 +62,10 @@ def mask_for(natural: torch.Tensor, names: list[str], condition: str, seed: int)
     raise ValueError(f"unknown missing condition {condition!r}; expected 'r<rate>' or 'miss_<modality>'")
 
 
+# The pseudo-condition of a comparison: each metric averaged over the test missing rates.
+RATE_MEAN = "rate_mean"
+
+
 def rate_key(rate: float) -> str:
     """The metrics-file key of a missing rate: one decimal, as DESIGN.md fixes it."""
     return f"r{rate:.1f}"

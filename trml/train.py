@@ -48,11 +48,12 @@ def train(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir
 
 
 def fit(data: TRMLData, model_cfg: ModelConfig, train_cfg: TrainConfig, models_dir: Path,
-        plots_dir: Path | None = None) -> dict:
-    """Train train_cfg.variant on already-loaded data (compare() reuses one load for every variant)."""
+        plots_dir: Path | None = None, out: Path | None = None) -> dict:
+    """Train train_cfg.variant on already-loaded data (compare() reuses one load for every variant and seed)
+    into `out` (default: run_dir(models_dir, dataset, variant))."""
     cfg = train_cfg
     check_early_stop_on(cfg.early_stop_on, data.task)
-    out = run_dir(models_dir, data.dataset, cfg.variant)
+    out = Path(out) if out is not None else run_dir(models_dir, data.dataset, cfg.variant)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
 

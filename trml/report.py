@@ -1,0 +1,195 @@
+"""The paper-style results table, from reports/<dataset>/compare.json: Markdown (results.md) or LaTeX.
+
+    variants x conditions (missing rates, their mean, single-modality patterns): mean +- sd over seeds of
+    the task's headline metric (mae, wf1), the best of each column in bold; upper_bound as one reference
+    row; then trml - each baseline with its 95% CI; then the lineage (weights, seeds, split sizes, method).
+
+`trml report --dataset D --format latex` writes the same table as a booktabs tabular.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from trml.io import write_text_atomic
+from trml.metrics import LOWER_IS_BETTER
+from trml.missing import RATE_MEAN
+
+DIGITS = 3
+
+
+class ReportError(ValueError):
+    """There is no comparison to report on; the message names the file and the command that writes it."""
+
+
+def load_results(reports_dir: Path, dataset: str) -> dict:
+    path = Path(reports_dir) / dataset / "compare.json"
+    if not path.is_file():
+        raise ReportError(f"{path}: not found; run `trml compare --dataset {dataset}` (or `dvc repro`) first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc}); run `trml compare --dataset {dataset}` again") from exc
+
+
+def table_rows(results: dict, metric: str | None = None) -> dict:
+    """What both formats print: headers, the variants' cells (with which are best), the reference and the
+    differences, as plain strings."""
+    metric = metric or results["headline"]
+    conds = results["conditions"]
+    lower = metric in LOWER_IS_BETTER
+    variants = results["variants"]
+    best = {}
+    for c in conds:
+        means = [variants[v][c][metric]["mean"] for v in variants if variants[v][c][metric]["mean"] is not None]
+        best[c] = (min(means) if lower else max(means)) if means else None
+    rows = []
+    for v, by_cond in variants.items():
+        cells = []
+        for c in conds:
+            s = by_cond[c][metric]
+            cells.append((_mean_sd(s), s["mean"] is not None and round(s["mean"], DIGITS) == round(best[c], DIGITS)))
+        rows.append((v, cells))
+    reference = [(name, _mean_sd(by_metric[metric])) for name, by_metric in results["reference"].items()
+                 if metric in by_metric]
+    diffs = []
+    for base, by_cond in results["differences"].items():
+        cells = []
+        for c in conds:
+            d = by_cond[c][metric]
+            cells.append(_diff(d))
+        diffs.append((base, cells))
+    return {"metric": metric, "lower_is_better": lower, "conditions": conds,
+            "headers": [_header(c) for c in conds], "rows": rows, "reference": reference, "differences": diffs}
+
+
+def lineage_lines(results: dict) -> list[str]:
+    sizes = results["split_sizes"]
+    weights = {m: p.get("weights_id", "") for m, p in results["provenance"]["modalities"].items()}
+    lines = [
+        f"seeds: {', '.join(str(s) for s in results['seeds'])} (n = {len(results['seeds'])} per variant)",
+        f"split sizes: train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']}",
+        "features: " + "; ".join(f"{m} {results['provenance']['modalities'][m]['feature_set']} ({w})"
+                                 for m, w in weights.items()),
+        f"spread: {results['method']['spread']}; CI: {results['method']['ci']}, "
+        f"{results['method']['resamples']} resamples",
+        f"manifest sha256: {results['provenance']['manifest_sha256'][:16]}",
+    ]
+    random = [m for m, w in weights.items() if "random-init" in w]
+    if random:
+        lines.insert(0, f"WARNING: {', '.join(random)} features come from randomly initialised weights "
+                        f"(random-init): these numbers say nothing about pretrained CLIP")
+    return lines
+
+
+def render_markdown(results: dict) -> str:
+    t = table_rows(results)
+    better = "lower" if t["lower_is_better"] else "higher"
+    out = [f"# {results['dataset']}: {t['metric']} ({better} is better), mean ± sd over "
+           f"{len(results['seeds'])} seeds, test split", ""]
+    out.append("| variant | " + " | ".join(t["headers"]) + " |")
+    out.append("|---|" + "---:|" * len(t["headers"]))
+    for v, cells in t["rows"]:
+        out.append(f"| {v} | " + " | ".join(f"**{c}**" if bold else c for c, bold in cells) + " |")
+    for name, cell in t["reference"]:
+        out.append(f"| {name} (reference: trained and tested on complete data) | {cell} |"
+                   + " |" * (len(t["headers"]) - 1))
+    out += ["", f"Bold: the best variant of each column. {_mean_note()}", ""]
+    if t["differences"]:
+        sign = "negative" if t["lower_is_better"] else "positive"
+        out.append(f"## trml − baseline: {t['metric']}, mean [95% CI] ({sign} favours trml; † the interval excludes 0)")
+        out.append("")
+        out.append("| trml − | " + " | ".join(t["headers"]) + " |")
+        out.append("|---|" + "---:|" * len(t["headers"]))
+        for base, cells in t["differences"]:
+            out.append(f"| {base} | " + " | ".join(cells) + " |")
+        out.append("")
+    out.append("## Lineage")
+    out.append("")
+    out += [f"- {line}" for line in lineage_lines(results)]
+    return "\n".join(out) + "\n"
+
+
+def render_latex(results: dict) -> str:
+    """The same table as a booktabs tabular (needs \\usepackage{booktabs})."""
+    t = table_rows(results)
+    n = len(t["headers"])
+    better = "lower" if t["lower_is_better"] else "higher"
+    lines = [
+        f"% {results['dataset']}: {t['metric']} ({better} is better), mean $\\pm$ sd over {len(results['seeds'])} "
+        f"seeds; generated by `trml report --format latex` from reports/{results['dataset']}/compare.json",
+        *[f"% {_latex_comment(line)}" for line in lineage_lines(results)],
+        "\\begin{tabular}{l" + "c" * n + "}",
+        "\\toprule",
+        "Variant & " + " & ".join(_tex(h) for h in t["headers"]) + " \\\\",
+        "\\midrule",
+    ]
+    for v, cells in t["rows"]:
+        lines.append(_tex(v) + " & " + " & ".join(_tex_cell(c, bold) for c, bold in cells) + " \\\\")
+    if t["reference"]:
+        lines.append("\\midrule")
+        for name, cell in t["reference"]:
+            lines.append(f"{_tex(name)} (complete data) & \\multicolumn{{{n}}}{{l}}{{{_tex_cell(cell, False)}}} \\\\")
+    if t["differences"]:
+        lines.append("\\midrule")
+        lines.append(f"\\multicolumn{{{n + 1}}}{{l}}{{trml $-$ baseline, mean [95\\% CI]}} \\\\")
+        for base, cells in t["differences"]:
+            lines.append(f"$-$ {_tex(base)} & " + " & ".join(_tex_cell(c, False) for c in cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(reports_dir: Path, dataset: str, fmt: str, out: Path | None) -> Path:
+    """`trml report`: render compare.json and write it (default: reports/<dataset>/results.{md,tex})."""
+    results = load_results(reports_dir, dataset)
+    text = render_latex(results) if fmt == "latex" else render_markdown(results)
+    path = out or Path(reports_dir) / dataset / ("results.tex" if fmt == "latex" else "results.md")
+    write_text_atomic(text, path)
+    return path
+
+
+def _header(cond: str) -> str:
+    if cond == RATE_MEAN:
+        return "mean(r)"
+    return cond
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.{DIGITS}f}".replace("-", "−")
+
+
+def _mean_sd(s: dict) -> str:
+    if s["mean"] is None:
+        return "–"
+    return _fmt(s["mean"]) if s["sd"] is None else f"{_fmt(s['mean'])} ± {s['sd']:.{DIGITS}f}"
+
+
+def _diff(d: dict) -> str:
+    if d["mean"] is None:
+        return "–"
+    sign = "+" if d["mean"] > 0 else ""
+    if not d["ci95"]:
+        return f"{sign}{_fmt(d['mean'])}"
+    lo, hi = d["ci95"]
+    mark = " †" if lo > 0 or hi < 0 else ""
+    return f"{sign}{_fmt(d['mean'])} [{_fmt(lo)}, {_fmt(hi)}]{mark}"
+
+
+def _mean_note() -> str:
+    return ("mean(r): the metric averaged over the test missing rates; r<p>: each modality missing with "
+            "probability p; miss_<m>: modality m missing from every utterance.")
+
+
+def _tex(s: str) -> str:
+    return s.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")
+
+
+def _tex_cell(cell: str, bold: bool) -> str:
+    body = cell.replace("−", "-").replace(" ± ", " \\pm ").replace(" †", "^\\dagger")
+    if body == "–":
+        return "--"
+    return f"$\\mathbf{{{body}}}$" if bold else f"${body}$"
+
+
+def _latex_comment(line: str) -> str:
+    return line.replace("%", "\\%")
