@@ -1,21 +1,31 @@
-"""The Parquet store: the manifest and feature-table contracts of DESIGN.md, written atomically.
+"""The Parquet store: the owner of the manifest and feature-table contracts (docs/architecture.md).
+
+A manifest (data/index/<dataset>.parquet) has one row per utterance: utterance_id (unique), split,
+media_path (relative to the raw dataset folder, which the schema metadata trml.root names), text and
+the label. `read_manifest` reads and checks it; `media_items` turns its rows into extractor inputs.
 
 A feature table has one row per manifest row (never a dropped row), with `present`, `status`,
-`detail`, and either `emb` (one vector) or `seq` + `t` (a sequence with timestamps).
-Schema metadata says how the table was made. Same inputs and parameters give identical bytes.
+`detail`, and either `emb` (one vector) or `seq` + `t` (a sequence with timestamps); `assemble`
+refuses anything else. Schema metadata says how the table was made. Same inputs and parameters give
+identical bytes. Every file here is written through `atomic_path`: never a partial file at a final path.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from features.extractors.base import MediaItem
 
 META_PREFIX = "trml."
 
@@ -116,24 +126,91 @@ def _vector(v: np.ndarray | None, dim: int, uid: str) -> list[float]:
     return arr.tolist()
 
 
-def write_atomic(table: pa.Table, path: str | Path) -> Path:
-    """Write Parquet to a temporary file beside `path`, fsync, then rename: never a partial file at `path`.
-
-    Statistics and compression are fixed so that equal tables give equal bytes.
-    """
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a new temporary file beside `path`; on success it is fsynced and replaces `path`, on any
+    error it is removed. Whatever writes into it, `path` only ever holds a complete file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Created with O_EXCL and mode 0666 minus the umask, like any file a user writes (mkstemp would give 0600).
+    # The name ends in .tmp, which is how the sample generator recognises a killed run's leftovers.
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
-        pq.write_table(table, tmp, compression="zstd", compression_level=3,
-                       write_statistics=False, use_dictionary=False,
-                       store_schema=True, write_page_index=False)
+        yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_atomic(table: pa.Table, path: str | Path) -> Path:
+    """Write a Parquet table (a manifest or a feature table) atomically to `path`.
+
+    Statistics and compression are fixed so that equal tables give equal bytes.
+    """
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", compression_level=3,
+                       write_statistics=False, use_dictionary=False,
+                       store_schema=True, write_page_index=False)
+    return Path(path)
+
+
+# ---------------------------------------------------------------- the manifest, as extraction reads it
+
+class ManifestError(ValueError):
+    """The manifest is missing or breaks the contract; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    utterance_id: str
+    media_path: str | None      # relative to the dataset root, as the manifest stores it
+    text: str | None
+
+
+def read_manifest(path: Path) -> tuple[Path, list[ManifestRow]]:
+    """The raw root (from schema metadata trml.root) and the rows, in manifest order."""
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found. Run `trml index --dataset {path.stem}` first.")
+    table = pq.read_table(path, columns=["utterance_id", "media_path", "text"])
+    raw_root = (table.schema.metadata or {}).get(b"trml.root")
+    if not raw_root:
+        raise ManifestError(f"{path}: schema metadata has no trml.root (the raw dataset folder); "
+                            f"re-create it with `trml index --dataset {path.stem}`.")
+    root = Path(raw_root.decode())
+    if not root.is_absolute():  # adapters store a relative root as given: relative to the project root
+        root = Path.cwd() / root
+    cols = table.to_pydict()
+    rows = [ManifestRow(u, m, t) for u, m, t in zip(cols["utterance_id"], cols["media_path"], cols["text"])]
+    seen: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        if row.utterance_id in seen:
+            raise ManifestError(f"{path}: utterance_id {row.utterance_id!r} appears in rows {seen[row.utterance_id]} "
+                                f"and {i}; re-index the dataset.")
+        seen[row.utterance_id] = i
+    return root, rows
+
+
+def media_items(rows: list[ManifestRow], root: Path, uses_text: bool) -> list[MediaItem]:
+    """An extractor sees only its own modality's input: its text, or its media file (absolute)."""
+    # Imported here: features.extractors.base imports this module for FeatureRow and TableInfo.
+    from features.extractors.base import MediaItem
+    if uses_text:
+        return [MediaItem(r.utterance_id, None, r.text) for r in rows]
+    return [MediaItem(r.utterance_id, root / r.media_path if r.media_path is not None else None, None)
+            for r in rows]
+
+
+def assemble(info: TableInfo, parts: list[pa.Table], rows: list[ManifestRow], dest: Path) -> pa.Table:
+    """One feature table from its parts, in manifest order; refuses anything but exactly one row per
+    manifest row (`dest`, the table's path, is only named in the error)."""
+    table = pa.concat_tables(parts).combine_chunks() if parts else rows_to_table([], info)
+    ids = table.column("utterance_id").to_pylist()
+    if ids != [r.utterance_id for r in rows]:
+        missing = sorted({r.utterance_id for r in rows} - set(ids))[:5]
+        raise ValueError(f"{info.feature_set}: assembled {len(ids)} rows for {len(rows)} manifest rows "
+                         f"(first missing: {missing}); nothing was written to {dest}.")
+    return table

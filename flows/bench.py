@@ -97,7 +97,7 @@ def make_dataset(params, size: int, work: Path) -> Path:
 def items_for(feature_set: str, manifest: Path) -> list:
     """The MediaItems the extraction flow would give this feature set."""
     from features.extractors import extractor_class
-    from flows.extract import media_items, read_manifest
+    from features.store import media_items, read_manifest
 
     root, rows = read_manifest(manifest)
     return media_items(rows, root, uses_text=extractor_class(feature_set).modality == "text")

@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import flow, task
 from prefect.futures import as_completed
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
@@ -45,7 +44,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from features.config import FEATURE_SETS, ExtractConfig
 from features.extractors import MediaItem, build_extractor, resolve_device
-from features.store import FeatureRow, TableInfo, rows_to_table, write_atomic
+from features.store import (FeatureRow, ManifestRow, TableInfo, assemble, media_items, read_manifest, rows_to_table,
+                            write_atomic)
+from features.weights import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -62,38 +63,6 @@ class ExtractionError(RuntimeError):
     """Extraction could not produce a complete table; the message names the dataset, set and shard."""
 
 
-# ---------------------------------------------------------------- manifest
-
-@dataclass(frozen=True)
-class ManifestRow:
-    utterance_id: str
-    media_path: str | None      # relative to the dataset root, as the manifest stores it
-    text: str | None
-
-
-def read_manifest(path: Path) -> tuple[Path, list[ManifestRow]]:
-    """The raw root (from schema metadata trml.root) and the rows, in manifest order."""
-    if not path.is_file():
-        raise ExtractionError(f"{path}: manifest not found. Run `trml index --dataset {path.stem}` first.")
-    table = pq.read_table(path, columns=["utterance_id", "media_path", "text"])
-    raw_root = (table.schema.metadata or {}).get(b"trml.root")
-    if not raw_root:
-        raise ExtractionError(f"{path}: schema metadata has no trml.root (the raw dataset folder); "
-                              f"re-create it with `trml index --dataset {path.stem}`.")
-    root = Path(raw_root.decode())
-    if not root.is_absolute():  # adapters store a relative root as given: relative to the project root
-        root = Path.cwd() / root
-    cols = table.to_pydict()
-    rows = [ManifestRow(u, m, t) for u, m, t in zip(cols["utterance_id"], cols["media_path"], cols["text"])]
-    seen: dict[str, int] = {}
-    for i, row in enumerate(rows):
-        if row.utterance_id in seen:
-            raise ExtractionError(f"{path}: utterance_id {row.utterance_id!r} appears in rows {seen[row.utterance_id]} "
-                                  f"and {i}; re-index the dataset.")
-        seen[row.utterance_id] = i
-    return root, rows
-
-
 # ---------------------------------------------------------------- cache keys
 
 def media_identity(path: Path) -> str:
@@ -105,11 +74,7 @@ def media_identity(path: Path) -> str:
     except OSError as exc:
         return f"unreadable:{type(exc).__name__}"
     if st.st_size <= CONTENT_HASH_MAX_BYTES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return f"sha256:{digest.hexdigest()}"
+        return f"sha256:{sha256_file(path)}"
     return f"stat:{st.st_size}:{st.st_mtime_ns}"
 
 
@@ -247,17 +212,10 @@ def plan_feature_set(feature_set: str, root: Path, rows: list[ManifestRow], cfg:
     shards = []
     for start in range(0, len(rows), cfg.shard_size):
         chunk = rows[start:start + cfg.shard_size]
+        # media_items gives the extractor exactly what its shard cache key covers.
         shards.append((shard_cache_key(feature_set, fingerprint, chunk, root, uses_text),
                        media_items(chunk, root, uses_text)))
     return SetPlan(feature_set, info, out_dir / f"{feature_set}.parquet", shards)
-
-
-def media_items(rows: list[ManifestRow], root: Path, uses_text: bool) -> list[MediaItem]:
-    """An extractor sees only its own modality's input: exactly what its shard cache key covers."""
-    if uses_text:
-        return [MediaItem(r.utterance_id, None, r.text) for r in rows]
-    return [MediaItem(r.utterance_id, root / r.media_path if r.media_path is not None else None, None)
-            for r in rows]
 
 
 class Progress:
@@ -304,17 +262,6 @@ def portable_details(rows: list[FeatureRow], root: Path) -> list[FeatureRow]:
     return rows
 
 
-def assemble(plan: SetPlan, shard_tables: list[pa.Table], rows: list[ManifestRow]) -> pa.Table:
-    """One table in manifest order; refuses anything but exactly one row per manifest row."""
-    table = pa.concat_tables(shard_tables).combine_chunks() if shard_tables else rows_to_table([], plan.info)
-    ids = table.column("utterance_id").to_pylist()
-    if ids != [r.utterance_id for r in rows]:
-        missing = sorted({r.utterance_id for r in rows} - set(ids))[:5]
-        raise ExtractionError(f"{plan.feature_set}: assembled {len(ids)} rows for {len(rows)} manifest rows "
-                              f"(first missing: {missing}); nothing was written to {plan.out}.")
-    return table
-
-
 @flow(name="trml-extract", validate_parameters=False)
 def extract_flow(dataset: str, manifest_path: str, out_dir: str, feature_sets: list[str],
                  extract_cfg: ExtractConfig, device: str) -> list[SetReport]:
@@ -340,7 +287,7 @@ def extract_flow(dataset: str, manifest_path: str, out_dir: str, feature_sets: l
     started = time.perf_counter()
     for plan in plans:                         # an empty manifest still gets its (empty) tables
         if not plan.shards:
-            write_atomic(assemble(plan, [], rows), plan.out)
+            write_atomic(assemble(plan.info, [], rows, plan.out), plan.out)
     progress = Progress(len(owner), len(rows) * len(plans))
     try:
         for future in as_completed(list(owner)):
@@ -364,7 +311,7 @@ def extract_flow(dataset: str, manifest_path: str, out_dir: str, feature_sets: l
             del shard_rows
             progress.update(len(items))
             if len(tables[plan_index]) == len(plan.shards):
-                table = assemble(plan, [tables[plan_index][i] for i in range(len(plan.shards))], rows)
+                table = assemble(plan.info, [tables[plan_index][i] for i in range(len(plan.shards))], rows, plan.out)
                 tables[plan_index].clear()
                 write_atomic(table, plan.out)
                 report.seconds = time.perf_counter() - started

@@ -19,8 +19,8 @@ from prefect.testing.utilities import prefect_test_harness
 from features.adapters import index_dataset
 from features.config import DatasetConfig, SampleConfig
 from features.sample import generate_sample
-from features.store import read_metadata
-from flows.extract import (CACHE_NAMESPACE, ExtractionError, ManifestRow, extract_dataset, shard_cache_key)
+from features.store import ManifestError, ManifestRow, read_metadata
+from flows.extract import CACHE_NAMESPACE, ExtractionError, extract_dataset, shard_cache_key
 from flows.params import Params
 
 SETS = ["text_minilm", "audio_librosa"]
@@ -191,7 +191,7 @@ def test_shard_key_follows_exactly_what_the_extractor_reads(tmp_path):
 
 
 def test_a_missing_manifest_names_the_fix(tmp_path, sample):
-    with pytest.raises(ExtractionError, match=r"trml index --dataset s12"):
+    with pytest.raises(ManifestError, match=r"trml index --dataset s12"):
         extract_dataset(make_params(sample), DATASET, SETS, data_dir=tmp_path)
 
 
