@@ -202,7 +202,15 @@ def read_frames(path: str | Path, n: int, *, short_side: int | None = None) -> F
         sample = FrameSample(frames=frames, times=times, decoded=picker.decoded)
         if errors:
             sample.notes.append(f"{len(errors)} damaged packet(s) skipped")
-        if sample.distinct < n:
+        # The last decoded frame is on screen until one frame period later; sampled times beyond that were
+        # never decoded: the file ends before the duration its container claims (a cut download or copy).
+        rate = vs.average_rate or vs.base_rate
+        decoded_s = picker.last[1] - start + (1 / float(rate) if rate else 0.0)
+        unseen = sum(target > start + decoded_s for target in targets)
+        if unseen:
+            sample.notes.append(f"file cut short: decoded {decoded_s:.3f} s of the {duration:.3f} s that the "
+                                f"container claims; the last frame stands in for {unseen} of {n} samples")
+        elif sample.distinct < n:
             sample.notes.append(f"clip shorter than one sampling step: {sample.distinct} distinct frame(s) "
                                 f"for {n} samples over {duration:.3f} s")
         return sample

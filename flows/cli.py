@@ -2,7 +2,8 @@
 
 Orchestration only: each handler validates params.yaml first, then calls into
 features/ (media -> Parquet), flows/ (Prefect) or trml/ (Parquet -> models and metrics).
-Heavy imports happen inside handlers so that `trml --help` is instant.
+Outside a project (no params.yaml here and no --params), sample, index, extract, bench and serve run
+on the built-in defaults. Heavy imports happen inside handlers so that `trml --help` is instant.
 """
 from __future__ import annotations
 
@@ -15,28 +16,47 @@ from pathlib import Path
 
 from features.adapters import AdapterError
 from features.weights import WeightsError
-from flows.params import ParamsError, load_params
+from flows.params import PARAMS_FILE, ParamsError, default_params, load_params
 
 log = logging.getLogger("trml")
 
 
-def _params(args):
-    return load_params(args.params)
+def _params(args, standalone: bool = False):
+    """params.yaml, validated. A command that needs no project (`standalone`) runs on the built-in defaults
+    where there is no ./params.yaml and no --params was given."""
+    if args.params is not None:
+        return load_params(args.params)
+    if standalone and not PARAMS_FILE.is_file():
+        log.debug("no %s here: using the built-in defaults", PARAMS_FILE)
+        return default_params()
+    return load_params(PARAMS_FILE)
 
 
 def cmd_sample(args) -> int:
     from features.sample import generate_sample
-    p = _params(args)
-    cfg = p.sample if args.size is None else p.sample.model_copy(update={"size": args.size})
+    p = _params(args, standalone=True)
+    cfg = p.sample if args.size is None else _with_option(p.sample, "size", args.size)
     summary = generate_sample(Path(args.out), cfg)
     print(json.dumps(summary, indent=2))
     return 0
 
 
+def _with_option(section, key: str, value):
+    """A params section with one value replaced by a command-line option, validated like params.yaml."""
+    from pydantic import ValidationError
+    try:
+        return type(section).model_validate({**section.model_dump(), key: value})
+    except ValidationError as exc:
+        raise ParamsError(f"--{key.replace('_', '-')} {value}: {exc.errors()[0]['msg']}") from None
+
+
 def cmd_index(args) -> int:
     from features.adapters import index_dataset
-    p = _params(args)
+    p = _params(args, standalone=True)
     if args.layout is None and args.root is None:
+        if not p.datasets:
+            raise ParamsError(f"no params.yaml here, so dataset {args.dataset!r} needs --layout and --root "
+                              f"(e.g. `trml index --layout folder --root ~/videos --dataset {args.dataset}`)")
         ds = p.dataset(args.dataset)
     else:
         if args.layout is None or args.root is None:
@@ -48,22 +68,33 @@ def cmd_index(args) -> int:
             base["task"] = args.task
         from features.config import DatasetConfig
         ds = DatasetConfig.model_validate(base)
-    out = Path(args.out) if args.out else Path("data/index") / f"{ds.name}.parquet"
+    out = Path(args.out) if args.out else Path(args.data_dir) / "index" / f"{ds.name}.parquet"
     summary = index_dataset(ds, out)
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def cmd_extract(args) -> int:
-    from flows.extract import run_extraction
-    p = _params(args)
-    ds = p.dataset(args.dataset)
-    sets = list(p.feature_sets) if args.all else [args.feature_set]
+    p = _params(args, standalone=True)
     if not args.all and args.feature_set is None:
         raise SystemExit("error: give --feature-set SET or --all")
-    paths = run_extraction(p, ds.name, sets, runner=args.runner, dask_address=args.dask_address)
-    for path in paths:
-        print(path)
+    if args.dataset in p.mmsa_pickles:
+        p.dataset(args.dataset)                # refuses it, with the reason (no raw media)
+    from features.extractors import resolve_device
+    resolve_device(p.extract.device)           # a settings error first, before any data is looked for
+    # The dataset needs no params entry: its manifest (from `trml index`) records the raw root and layout.
+    manifest = Path(args.data_dir) / "index" / f"{args.dataset}.parquet"
+    if not manifest.is_file():
+        how = f"--dataset {args.dataset}" if args.dataset in p.datasets else \
+            f"--layout folder --root DIR --dataset {args.dataset}"
+        raise ParamsError(f"{manifest}: manifest not found; run `trml index {how}` first"
+                          + (f" (with --data-dir {args.data_dir})" if args.data_dir != "data" else ""))
+    from flows.extract import extract_dataset
+    sets = list(p.feature_sets) if args.all else [args.feature_set]
+    reports = extract_dataset(p, args.dataset, sets, runner=args.runner, dask_address=args.dask_address,
+                              data_dir=Path(args.data_dir))
+    for report in reports:
+        print(report.path)
     return 0
 
 
@@ -96,22 +127,26 @@ def cmd_compare(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from features.config import FEATURE_SETS
     from flows.bench import run_bench
-    p = _params(args)
+    p = _params(args, standalone=True)
+    unknown = [fs for fs in args.feature_set or [] if fs not in FEATURE_SETS]
+    if unknown:
+        raise ParamsError(f"--feature-set {' '.join(unknown)}: not a feature set; choose from {list(FEATURE_SETS)}")
     run_bench(p, sizes=args.sizes, feature_sets=args.feature_set, out=Path(args.out) if args.out else None)
     return 0
 
 
 def cmd_serve(args) -> int:
     from flows.serve import serve
-    p = _params(args)
+    p = _params(args, standalone=True)
     serve(p, root=Path(args.root), dataset=args.dataset, cron=args.cron, feature_sets=args.feature_set)
     return 0
 
 
 def cmd_import_mmsa(args) -> int:
     from features.mmsa_pickle import import_mmsa
-    if Path(args.params).is_file():         # in a project: never overwrite a raw dataset's manifest
+    if args.params is not None or PARAMS_FILE.is_file():  # a project: never overwrite a raw dataset's manifest
         p = _params(args)
         if args.dataset in p.datasets:
             raise ParamsError(f"--dataset {args.dataset} is datasets.{args.dataset} in {args.params} (raw media); "
@@ -134,6 +169,13 @@ def cmd_export_mmsa(args) -> int:
     missing = [k for k, v in sets.items() if v is None]
     if missing:
         raise SystemExit(f"error: no feature set for {missing}; pass --{missing[0]} SET")
+    needed = [Path(args.index_dir) / f"{args.dataset}.parquet"] + \
+        [Path(args.features_dir) / args.dataset / f"{fs}.parquet" for fs in sets.values()]
+    absent = [str(path) for path in needed if not path.is_file()]
+    if absent:
+        raise ParamsError(f"{absent[0]}: not found (export reads the manifest and the feature tables "
+                          f"{sorted(set(sets.values()))}); run `trml index` and `trml extract` for "
+                          f"--dataset {args.dataset} first")
     summary = export_mmsa(args.dataset, Path(args.out), sets, args.seq_len, Path(args.index_dir),
                           Path(args.features_dir))
     print(json.dumps(summary, indent=2))
@@ -141,6 +183,9 @@ def cmd_export_mmsa(args) -> int:
 
 
 def cmd_plots(args) -> int:
+    if not Path("dvc.yaml").is_file():
+        raise ParamsError("no dvc.yaml here: `trml plots` renders a DVC project's plots; run it from the "
+                          "project root after `dvc repro`")
     from flows.plots import show_plots
     index = show_plots(Path(args.out))
     print(f"offline plots page: {index}")
@@ -180,9 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="trml",
         description="TRML pipeline: sample -> index -> extract -> train -> evaluate -> compare. "
-                    "Every subcommand reads params.yaml (validated first).")
-    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+                    "Every subcommand reads params.yaml (validated first). Outside a project (no "
+                    "./params.yaml), sample, index, extract, bench and serve run on the built-in defaults.")
+    ap.add_argument("--params", default=None,
+                    help="params file (default: ./params.yaml; without one, the built-in defaults where a "
+                         "command needs no project)")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="debug logging, the native libraries' own start-up notes (mediapipe), and the "
+                         "traceback behind an error")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("sample", help="write the built-in sample benchmark (MMSA layout)",
@@ -194,24 +244,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("index", help="write the manifest Parquet of a raw dataset",
                        description="Read a raw layout (mmsa, meld or folder) and write "
-                                   "data/index/<dataset>.parquet, one row per utterance.")
+                                   "<data-dir>/index/<dataset>.parquet, one row per utterance. Outside a project "
+                                   "(no params.yaml), give --layout and --root: `trml index --layout folder "
+                                   "--root ~/videos --dataset mine` writes ./data/index/mine.parquet.")
     s.add_argument("--dataset", required=True, help="dataset name (a params.yaml datasets entry, or a new name)")
     s.add_argument("--layout", choices=["mmsa", "meld", "folder"], help="raw layout (default: from params)")
     s.add_argument("--root", help="raw dataset folder (default: from params)")
     s.add_argument("--task", choices=["regression", "classification"], help="override the task")
-    s.add_argument("--out", help="manifest path (default: data/index/<dataset>.parquet)")
+    s.add_argument("--data-dir", default="data", help="output folder (default: data): the manifest goes to "
+                   "<data-dir>/index/<dataset>.parquet, where `trml extract --data-dir` finds it")
+    s.add_argument("--out", help="manifest path (default: <data-dir>/index/<dataset>.parquet)")
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("extract", help="extract feature sets into Parquet (a Prefect flow)",
-                       description="Run the Prefect extraction flow over a dataset's manifest and write "
-                                   "data/features/<dataset>/<feature_set>.parquet.")
-    s.add_argument("--dataset", required=True)
+                       description="Run the Prefect extraction flow over a dataset's manifest "
+                                   "<data-dir>/index/<dataset>.parquet and write "
+                                   "<data-dir>/features/<dataset>/<feature_set>.parquet. The dataset needs no "
+                                   "params.yaml entry: the manifest written by `trml index` records its raw "
+                                   "folder and layout. Outside a project (no params.yaml), the built-in defaults "
+                                   "apply.")
+    s.add_argument("--dataset", required=True, help="the name given to `trml index`")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--feature-set", choices=["text_clip", "text_minilm", "vision_clip",
                                              "audio_librosa", "face_mediapipe"])
     g.add_argument("--all", action="store_true", help="every feature set in params feature_sets")
     s.add_argument("--runner", choices=["thread", "dask"], default=None, help="default: params extract.runner")
     s.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
+    s.add_argument("--data-dir", default="data", help="folder holding index/ and features/ (default: data)")
     s.set_defaults(func=cmd_extract)
 
     for name, func, helptext in [
@@ -287,18 +346,40 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# Errors that a user's mistake raises (a missing or malformed file, setting or input, a stage run out of
+# order); each message names the file or key and the fix. They live in modules the handlers import lazily:
+# one that was never imported cannot have raised, so they are looked up among the loaded modules.
+USER_ERRORS = (
+    ("trml.data", "DataError"),                         # manifest or feature tables missing or malformed
+    ("trml.evaluate", "StaleModelError"),               # the checkpoint was trained on other settings or data
+    ("trml.device", "DeviceUnavailableError"),
+    ("features.extractors.torch_utils", "DeviceUnavailableError"),
+    ("features.mmsa_pickle", "UnsafePickleError"),
+    ("flows.extract", "ExtractionError"),
+    ("features.store", "ManifestError"),                # the manifest has no trml.root or repeats an id
+    ("flows.plots", "PlotsError"),
+    ("trml.report", "ReportError"),                     # no comparison to report on yet
+)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message names the setting and the fix: printed as one line, without a traceback.
 
-    The device errors live in modules the handlers import lazily; one that was never imported cannot
-    have raised, so they are looked up among the loaded modules.
+    FileNotFoundError is one too: out of a handler, it is a file the user named, or a stage's input not
+    made yet, and its message names the file.
     """
-    errors: list[type[BaseException]] = [ParamsError, AdapterError, WeightsError]
-    for module in ("trml.device", "features.extractors.torch_utils"):
-        cls = getattr(sys.modules.get(module), "DeviceUnavailableError", None)
+    errors: list[type[BaseException]] = [ParamsError, AdapterError, WeightsError, FileNotFoundError]
+    for module, name in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
         if cls is not None:
             errors.append(cls)
     return tuple(errors)
+
+
+def one_line(exc: BaseException) -> str:
+    """The error as one line: a message listing several problems on several lines is joined with ' | '."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " | ".join(lines) or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,10 +392,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args) or 0
-    except Exception as exc:
-        if not isinstance(exc, _user_errors()):
+    except SystemExit as exc:         # `raise SystemExit("error: ...")` in a handler: the message, on one line
+        if args.verbose or not isinstance(exc.code, str):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(one_line(exc.code), file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if args.verbose or not isinstance(exc, _user_errors()):
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

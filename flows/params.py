@@ -48,8 +48,9 @@ class MmsaPickleConfig(Strict):
 
 
 class Params(Strict):
-    # Keyed by dataset name: dvc.yaml's foreach/matrix loop over these keys.
-    datasets: dict[str, DatasetConfig] = Field(min_length=1)
+    # Keyed by dataset name: dvc.yaml's foreach/matrix loop over these keys. A project file needs at least
+    # one (load_params checks); the built-in defaults have none (a manifest names its own root and layout).
+    datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
     # Imported MMSA feature pickles, keyed by dataset name (dvc.yaml: import_mmsa, train_mmsa, ...).
     mmsa_pickles: dict[str, MmsaPickleConfig] = Field(default_factory=dict)
     feature_sets: list[FeatureSet] = Field(default_factory=lambda: list(FEATURE_SETS), min_length=1)
@@ -122,7 +123,16 @@ class ParamsError(ValueError):
     """params.yaml is malformed: the message names the key, the value and what is allowed."""
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+PARAMS_FILE = Path("params.yaml")
+
+
+def default_params() -> Params:
+    """The built-in defaults (every section's own defaults, no datasets): what `trml index` and `trml extract`
+    run on outside a project, where there is no params.yaml."""
+    return Params()
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: not found. Run from the project root, or pass --params PATH.")
@@ -133,23 +143,29 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError(format_validation_error(path, exc)) from None
+    if not params.datasets:
+        raise ParamsError(f"{path}: datasets: none given; add one, e.g. `datasets: {{mine: {{layout: folder, "
+                          f"root: data/raw/mine}}}}` (dvc.yaml's index and extract stages loop over them)")
+    return params
 
 
 def format_validation_error(path: Path, exc: ValidationError) -> str:
-    lines = [f"{path}: {exc.error_count()} invalid setting(s):"]
+    """One line: the file, then each invalid key with what was given and what is allowed."""
+    lines: list[str] = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         given = err.get("input")
         if err["type"] == "extra_forbidden":
-            lines.append(f"  - {key}: unknown key (given {given!r}). Remove it or check its spelling.")
+            lines.append(f"{key}: unknown key (given {given!r}); remove it or check its spelling")
         elif err["type"] == "missing":
-            lines.append(f"  - {key}: required, but not given. Add it.")
+            lines.append(f"{key}: required, but not given. Add it")
         elif not err["loc"]:         # a whole-file check: the message names the keys; the input is the file
-            lines.append(f"  - {err['msg'].removeprefix('Value error, ')}.")
+            lines.append(err["msg"].removeprefix("Value error, "))
         else:
             allowed = err["msg"]
-            lines.append(f"  - {key}: given {given!r}; {allowed}.")
-    return "\n".join(lines)
+            lines.append(f"{key}: given {given!r}; {allowed}")
+    count = f"{len(lines)} invalid settings: " if len(lines) > 1 else ""
+    return f"{path}: {count}" + "; ".join(lines)

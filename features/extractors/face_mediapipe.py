@@ -6,7 +6,13 @@ a clip without a face in any sampled frame gets status no_face.
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
+import re
+import sys
+import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,6 +41,48 @@ BLENDSHAPES = [
 ]
 POSE = ["yaw_deg", "pitch_deg", "roll_deg"]
 FEATURE_NAMES = BLENDSHAPES + POSE + ["face_found"]
+
+log = logging.getLogger(__name__)
+
+# What mediapipe's C++ prints on every landmarker creation: glog INFO/WARNING lines ("W0000 ... Sets
+# FaceBlendshapesGraph acceleration to xnnpack"), TFLite's "INFO: Created ... delegate", and glog's note
+# that it was not initialised. Anything else it writes (glog E/F lines, crashes) is passed through.
+NATIVE_CHATTER = re.compile(r"^(?:[IW]\d{4} |INFO: |WARNING: Logging before InitGoogle\(\))")
+_stderr_lock = threading.Lock()       # fd 2 is process-wide: one redirect at a time
+
+
+@contextmanager
+def native_chatter_to_debug_log():
+    """Keep mediapipe's native start-up chatter out of the terminal, and everything else in it.
+
+    The C++ side writes straight to file descriptor 2 and ignores GLOG_minloglevel and
+    TF_CPP_MIN_LOG_LEVEL, so fd 2 is pointed at a temporary file for the duration; afterwards the known
+    chatter goes to this module's logger at DEBUG and every other line back to stderr. At DEBUG
+    (`trml -v`) nothing is redirected, so the native lines appear as mediapipe wrote them.
+    """
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    with _stderr_lock, tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()        # Python writes from other threads in the window land in the capture too
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            passed = []
+            for line in capture.read().decode("utf-8", errors="replace").splitlines():
+                if NATIVE_CHATTER.match(line):
+                    log.debug("mediapipe: %s", line)
+                else:
+                    passed.append(line + "\n")
+            if passed:
+                sys.stderr.write("".join(passed))
+                sys.stderr.flush()
 
 
 def head_pose_degrees(matrix: np.ndarray) -> tuple[float, float, float]:
@@ -89,7 +137,8 @@ class FaceMediapipeExtractor(Extractor):
             min_face_detection_confidence=self.cfg.min_face_detection_confidence,
             output_face_blendshapes=True, output_facial_transformation_matrixes=True)
         try:
-            lm = vision.FaceLandmarker.create_from_options(options)
+            with native_chatter_to_debug_log():
+                lm = vision.FaceLandmarker.create_from_options(options)
         except Exception as exc:
             raise WeightsError(f"face landmarker model {self.weights.path} could not be loaded by mediapipe: "
                                f"{exc}") from exc
