@@ -7,6 +7,8 @@ FFmpeg's libraries, which is also why audio is not read with librosa.load.
 """
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -355,54 +357,64 @@ def _mono_float32(frame) -> np.ndarray:
     return arr[0] if channels == 1 else arr.mean(axis=0, dtype=np.float32)
 
 
-def load_audio(path: str | Path, sr: int, max_seconds: float | None = None) -> np.ndarray:
-    """Mono float32 samples of the first audio stream, resampled to `sr`, at most `max_seconds` long."""
-    return read_audio(path, sr, max_seconds).samples
+def write_clip(path: str | Path, frames: Iterable[np.ndarray] | None = None, *, fps: int = 10,
+               audio: np.ndarray | None = None, sample_rate: int = 16_000, gop: int | None = None,
+               audio_bit_rate: int | None = None) -> Path:
+    """Encode an mp4: H.264 video from RGB uint8 frames of shape (H, W, 3) (an array (T, H, W, 3), or any
+    iterable, so a clip need not be in memory at once) and/or AAC mono audio in [-1, 1].
 
-
-def write_clip(path: str | Path, frames: np.ndarray | None = None, *, fps: int = 10,
-               audio: np.ndarray | None = None, sample_rate: int = 16_000, gop: int | None = None) -> Path:
-    """Encode an mp4: H.264 video from RGB uint8 frames (T, H, W, 3) and/or AAC mono audio in [-1, 1].
-
-    Odd widths or heights can't be 4:2:0, so they are encoded 4:4:4. `gop` caps the keyframe interval
-    (in frames; x264's default is 250). Used to make real test media.
+    The same inputs give the same bytes: x264 runs on one thread and '+bitexact' keeps FFmpeg's version
+    strings out of the file. Odd widths or heights can't be 4:2:0, so they are encoded 4:4:4. `gop` caps
+    the keyframe interval (in frames; x264's default is 250); `audio_bit_rate` is in bit/s (None: the
+    encoder's default). It writes the sample benchmark's clips and the tests' media.
     """
     if frames is None and audio is None:
         raise ValueError("write_clip needs frames, audio, or both")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w", format="mp4") as container:
+    frames = None if frames is None else iter(frames)
+    first = None if frames is None else _rgb24(next(frames, None))
+    with av.open(str(path), mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
         vstream = astream = None
-        if frames is not None:
-            frames = np.asarray(frames, dtype=np.uint8)
-            if frames.ndim != 4 or frames.shape[-1] != 3:
-                raise ValueError(f"frames must be (T, H, W, 3) uint8, got shape {frames.shape}")
-            vstream = container.add_stream("libx264", rate=fps)
-            vstream.height, vstream.width = frames.shape[1:3]
-            odd = frames.shape[1] % 2 or frames.shape[2] % 2
+        if first is not None:
+            vstream = container.add_stream("libx264", rate=fps, options={"crf": "23", "preset": "veryfast"})
+            vstream.height, vstream.width = first.shape[:2]
+            odd = first.shape[0] % 2 or first.shape[1] % 2
             vstream.pix_fmt = "yuv444p" if odd else "yuv420p"
-            vstream.options = {"preset": "veryfast", "threads": "1"}   # threads=1: identical bytes every run
+            vstream.codec_context.thread_count = 1
             if gop is not None:
                 vstream.codec_context.gop_size = gop
         if audio is not None:
             astream = container.add_stream("aac", rate=sample_rate, layout="mono")
+            if audio_bit_rate is not None:
+                astream.bit_rate = audio_bit_rate
+            astream.codec_context.flags |= av.codec.context.Flags.bitexact  # no encoder version in the stream
         if vstream is not None:
-            for i, rgb in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            for i, rgb in enumerate(itertools.chain([first], frames)):
+                frame = av.VideoFrame.from_ndarray(_rgb24(rgb), format="rgb24")
                 frame.pts = i
                 container.mux(vstream.encode(frame))
             container.mux(vstream.encode())
         if astream is not None:
             pcm = np.clip(np.asarray(audio, dtype=np.float32).reshape(1, -1), -1.0, 1.0)
-            step = 1024
+            step = 1024                                                      # the AAC frame size
             for i in range(0, pcm.shape[1], step):
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, i:i + step]), format="flt",
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, i:i + step]), format="fltp",
                                                    layout="mono")
                 frame.sample_rate = sample_rate
                 frame.pts = i
                 container.mux(astream.encode(frame))
             container.mux(astream.encode())
     return path
+
+
+def _rgb24(rgb) -> np.ndarray:
+    """One video frame as a contiguous (H, W, 3) uint8 array; anything else is an error that says so."""
+    arr = None if rgb is None else np.ascontiguousarray(rgb, dtype=np.uint8)
+    if arr is None or arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"frames must be RGB uint8 arrays of shape (H, W, 3), got "
+                         f"{'no frame' if arr is None else f'shape {arr.shape}'}")
+    return arr
 
 
 # ------------------------------------------------------------------ decoding in a separate process

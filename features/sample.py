@@ -35,22 +35,23 @@ import csv
 import io
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import av
 import numpy as np
 
 from features.config import SampleConfig
+from features.media import write_clip
+from features.store import atomic_path
 
 log = logging.getLogger("features.sample")
 
 LABEL_COLUMNS = ("video_id", "clip_id", "text", "label", "label_T", "label_A", "label_V", "annotation", "mode")
 SPLITS = ("train", "valid", "test")
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
+AUDIO_BIT_RATE = 48_000          # AAC mono: small files, and plenty for a synthetic voice
 DEFECT_KINDS = ("corrupt_file", "no_audio_stream", "no_face", "empty_text")
 # Where each defect goes: the train split gets two, so training always meets natural missingness,
 # and valid/test get one each, so evaluation does too.
@@ -139,7 +140,8 @@ def generate_sample(out_dir: Path, cfg: SampleConfig) -> dict:
 
     _remove_stale_clips(raw_dir, {raw_dir / c.video_id / f"{c.clip_id}.mp4" for c in clips})
     # label.csv last: its presence means every clip it lists is complete.
-    _write_atomic(out_dir / "label.csv", _csv_bytes(rows))
+    with atomic_path(out_dir / "label.csv") as tmp:
+        tmp.write_bytes(_csv_bytes(rows))
 
     splits = {s: sum(c.split == s for c in clips) for s in SPLITS}
     summary = {
@@ -260,12 +262,6 @@ def _check_out_dir(out_dir: Path) -> None:
                 "choose an empty or new folder, or delete it first")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _remove_stale_clips(raw_dir: Path, keep: set[Path]) -> None:
     """Delete clips (and temporary files) left by an earlier, larger or interrupted run."""
     stale = [p for p in raw_dir.glob("*/*") if p.is_file() and p not in keep
@@ -280,41 +276,13 @@ def _remove_stale_clips(raw_dir: Path, keep: set[Path]) -> None:
 
 
 def _write_clip(path: Path, clip: _Clip, cfg: SampleConfig, defect: str | None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        frames = _frames(clip, cfg, face=defect != "no_face")
-        audio = None if defect == "no_audio_stream" else _voice(clip, cfg)
-        _encode_mp4(tmp, frames, audio, cfg)
+    frames = _frames(clip, cfg, face=defect != "no_face")
+    audio = None if defect == "no_audio_stream" else _voice(clip, cfg)
+    with atomic_path(path) as tmp:        # a killed run's leftover .tmp files go in the next run
+        write_clip(tmp, frames, fps=cfg.fps, audio=audio, sample_rate=cfg.sample_rate,
+                   audio_bit_rate=AUDIO_BIT_RATE)
         if defect == "corrupt_file":
             _corrupt(tmp, _rng(cfg.seed, clip.index, "corrupt"))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # after a failure; a killed run's leftovers go in the next run
-
-
-def _encode_mp4(path: Path, frames, audio: np.ndarray | None, cfg: SampleConfig) -> None:
-    # '+bitexact' keeps FFmpeg's version strings out of the file; x264 on one thread is deterministic.
-    with av.open(str(path), mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
-        video = container.add_stream("libx264", rate=cfg.fps, options={"crf": "23", "preset": "veryfast"})
-        video.width, video.height, video.pix_fmt = cfg.width, cfg.height, "yuv420p"
-        video.codec_context.thread_count = 1
-        sound = None
-        if audio is not None:
-            sound = container.add_stream("aac", rate=cfg.sample_rate, layout="mono")
-            sound.bit_rate = 48_000
-            sound.codec_context.flags |= av.codec.context.Flags.bitexact  # no encoder version in the stream
-        for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            container.mux(video.encode(frame))
-        container.mux(video.encode())
-        if sound is not None:
-            chunk = 1024  # the AAC frame size
-            for start in range(0, len(audio), chunk):
-                frame = av.AudioFrame.from_ndarray(audio[None, start:start + chunk], format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = cfg.sample_rate, start
-                container.mux(sound.encode(frame))
-            container.mux(sound.encode())
 
 
 def _corrupt(path: Path, rng: np.random.Generator) -> None:
