@@ -13,10 +13,13 @@ import logging
 import pickle
 import sys
 from pathlib import Path
+from typing import get_args
 
 from features.adapters import AdapterError
+from features.config import FEATURE_SETS
 from features.weights import WeightsError
 from flows.params import PARAMS_FILE, ParamsError, default_params, load_params
+from trml.config import Variant
 
 log = logging.getLogger("trml")
 
@@ -265,8 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "apply.")
     s.add_argument("--dataset", required=True, help="the name given to `trml index`")
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--feature-set", choices=["text_clip", "text_minilm", "vision_clip",
-                                             "audio_librosa", "face_mediapipe"])
+    g.add_argument("--feature-set", choices=FEATURE_SETS)
     g.add_argument("--all", action="store_true", help="every feature set in params feature_sets")
     s.add_argument("--runner", choices=["thread", "dask"], default=None, help="default: params extract.runner")
     s.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
@@ -283,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--data-dir", default="data")
         s.add_argument("--models-dir", default="models")
         if name == "train":
-            s.add_argument("--variant", choices=["trml", "zero_fill", "no_sml", "upper_bound"],
+            s.add_argument("--variant", choices=get_args(Variant),
                            default=None, help="default: params train.variant")
             s.add_argument("--plots-dir", default="plots",
                            help="the per-epoch log is copied to <plots-dir>/<dataset>/train_<variant>.csv")

@@ -9,9 +9,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from trml.metrics import CLASSIFICATION_KEYS, REGRESSION_KEYS
+
 MODALITIES = ("text", "vision", "audio", "face")
 Modality = Literal["text", "vision", "audio", "face"]
 Variant = Literal["trml", "zero_fill", "no_sml", "upper_bound"]
+# What can pick best.pt: the task loss or any metric key (fit checks that the key is one of the data's task).
+EarlyStopOn = Literal[("loss", *REGRESSION_KEYS, *CLASSIFICATION_KEYS)]
 
 
 class Strict(BaseModel):
@@ -71,8 +75,7 @@ class TrainConfig(Strict):
     weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
     grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm; 0 switches clipping off")
     patience: int = Field(8, ge=1, description="early stopping on the valid split")
-    early_stop_on: Literal["loss", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7", "acc5", "mae",
-                           "corr", "acc", "wf1"] = Field(
+    early_stop_on: EarlyStopOn = Field(
         "loss", description="valid-split score that picks best.pt: the task loss, or a metric key of the task")
     seed: int = Field(0, description="seeds the init, shuffling, missing masks and dropout of every epoch")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
