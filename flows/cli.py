@@ -200,8 +200,7 @@ def cmd_show_metrics(args) -> int:
     # *_lineage.json files say which checkpoint and weights made the numbers; they are not metrics.
     files = sorted(f for f in metrics_dir.glob("*.json") if not f.name.endswith("_lineage.json"))
     if not files:
-        print(f"no metrics in {metrics_dir}/ yet (run `dvc repro`)")
-        return 1
+        raise SystemExit(f"error: no metrics in {metrics_dir}/ yet; run `dvc repro` (or `trml compare`) first")
     for f in files:
         print(f"== {f}")
         data = json.loads(f.read_text())
@@ -224,8 +223,15 @@ def _print_metrics_table(data: dict) -> None:
                     for m in metrics))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake printed as one line (what, and where the help is), not usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = OneLineParser(
         prog="trml",
         description="TRML pipeline: sample -> index -> extract -> train -> evaluate -> compare. "
                     "Every subcommand reads params.yaml (validated first). Outside a project (no "
