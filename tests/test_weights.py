@@ -162,3 +162,43 @@ def test_without_network_a_download_fails_in_one_line(tmp_path):
 def test_hf_hub_settings_that_cannot_work_are_named(model, pretrained, words):
     with pytest.raises(WeightsError, match=re.escape(words)):
         load_clip(model, pretrained)
+
+
+# ---------------------------------------------------------------- a local checkpoint is a DVC dependency
+
+def save_checkpoint(path: Path, model_name: str, seed: int) -> str:
+    """A real open_clip state dict (random init under `seed`), as a user saves a fine-tuned CLIP."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model(model_name, pretrained=None)
+    torch.save(model.state_dict(), path)
+    return sha256_file(path)
+
+
+@pytest.mark.slow
+def test_replacing_a_local_checkpoint_reruns_the_clip_extract_stages(tmp_path):
+    from tests.test_pipeline import copy_project, ran_stages, run
+
+    project = copy_project(tmp_path)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["sample"]["size"] = 12
+    params["extract"]["vision_clip"]["n_frames"] = 2
+    params["extract"]["clip"].update(model="ViT-S-32-alt", pretrained="weights/clip.pt")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = ["extract@sample-text_clip", "extract@sample-vision_clip"]
+    first = save_checkpoint(project / "weights" / "clip.pt", "ViT-S-32-alt", seed=1)
+    run(["dvc", "repro", *stages], project, timeout=900)
+    assert not (set(json.loads(run(["dvc", "status", "--json", *stages], project).stdout)))
+
+    second = save_checkpoint(project / "weights" / "clip.pt", "ViT-S-32-alt", seed=2)   # same path, new weights
+    assert second != first
+    status = json.loads(run(["dvc", "status", "--json"], project).stdout)
+    for stage in stages:
+        assert {"changed deps": {"weights": "modified"}} in status[stage], status.get(stage)
+    proc = run(["dvc", "repro", *stages], project, timeout=900)
+    assert ran_stages(proc.stdout) == set(stages), proc.stdout[-2000:]
+    for name in ("text_clip", "vision_clip"):
+        meta = read_metadata(project / f"data/features/sample/{name}.parquet")
+        assert meta["weights_id"] == "ViT-S-32-alt:file:clip.pt" and meta["weights_sha256"] == second
