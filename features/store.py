@@ -18,14 +18,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-if TYPE_CHECKING:
-    from features.extractors.base import MediaItem
 
 META_PREFIX = "trml."
 
@@ -194,10 +191,16 @@ def read_manifest(path: Path) -> tuple[Path, list[ManifestRow]]:
     return root, rows
 
 
+@dataclass(frozen=True)
+class MediaItem:
+    """One utterance to extract: its id, its media file (absolute, or None when absent) and its text."""
+    utterance_id: str
+    media_path: Path | None = None
+    text: str | None = None
+
+
 def media_items(rows: list[ManifestRow], root: Path, uses_text: bool) -> list[MediaItem]:
     """An extractor sees only its own modality's input: its text, or its media file (absolute)."""
-    # Imported here: features.extractors.base imports this module for FeatureRow and TableInfo.
-    from features.extractors.base import MediaItem
     if uses_text:
         return [MediaItem(r.utterance_id, None, r.text) for r in rows]
     return [MediaItem(r.utterance_id, root / r.media_path if r.media_path is not None else None, None)

@@ -10,25 +10,16 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from features.media import MediaError
-from features.store import FeatureRow, TableInfo
+from features.store import FeatureRow, MediaItem, TableInfo
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class MediaItem:
-    """One utterance to extract: its id, its media file (absolute, or None when absent) and its text."""
-    utterance_id: str
-    media_path: Path | None = None
-    text: str | None = None
 
 
 class Extractor(ABC):
