@@ -2,7 +2,8 @@
 
     data/index/<dataset>.parquet  ->  data/features/<dataset>/<feature_set>.parquet
 
-- A shard is `extract.shard_size` consecutive manifest rows of one feature set, and one Prefect task run.
+- A shard is `extract.shard_size.<feature_set>` consecutive manifest rows of one feature set, and one Prefect
+  task run (texts are cheap: shards of hundreds; videos are not: tens).
   Shards of all requested feature sets are submitted interleaved, so the runner's workers overlap
   different extractors (an extractor instance runs one shard at a time: mediapipe's landmarker is not
   thread-safe, and two torch forwards on the same cores only contend).
@@ -209,9 +210,9 @@ def plan_feature_set(feature_set: str, root: Path, rows: list[ManifestRow], cfg:
     uses_text = info.modality == "text"
     fingerprint = hashlib.sha256(
         f"{extractor.config_fingerprint()}\0{code_fingerprint(extractor)}".encode()).hexdigest()
-    shards = []
-    for start in range(0, len(rows), cfg.shard_size):
-        chunk = rows[start:start + cfg.shard_size]
+    shards, size = [], cfg.shard_size.of(feature_set)
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
         # media_items gives the extractor exactly what its shard cache key covers.
         shards.append((shard_cache_key(feature_set, fingerprint, chunk, root, uses_text),
                        media_items(chunk, root, uses_text)))
@@ -269,8 +270,9 @@ def extract_flow(dataset: str, manifest_path: str, out_dir: str, feature_sets: l
     plans = [plan_feature_set(fs, root, rows, extract_cfg, device, Path(out_dir)) for fs in feature_sets]
     storage = cache_dir()
     shard_task = extract_shard.with_options(result_storage=storage)
-    log.info("extract %s: %d utterances, feature sets %s, %d shards of <=%d; cache %s", dataset, len(rows),
-             feature_sets, sum(len(p.shards) for p in plans), extract_cfg.shard_size, storage)
+    log.info("extract %s: %d utterances, feature sets %s, %d shards (%s); cache %s", dataset, len(rows),
+             feature_sets, sum(len(p.shards) for p in plans),
+             ", ".join(f"{p.feature_set} <={extract_cfg.shard_size.of(p.feature_set)}" for p in plans), storage)
 
     # Interleave the sets so that concurrent workers usually hold different extractors.
     owner: dict[object, tuple[int, int]] = {}
