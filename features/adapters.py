@@ -1,6 +1,6 @@
 """Dataset adapters: read a raw layout (MMSA, MELD or a folder of videos) into the manifest Parquet.
 
-The manifest has one row per utterance (see DESIGN.md "Parquet contracts"). Adapters never drop a
+The manifest has one row per utterance (docs/architecture.md, "The contracts"). Adapters never drop a
 row: a clip that is not on disk keeps its row with media_path null, so its text still counts and its
 audio and vision become naturally missing modalities downstream.
 

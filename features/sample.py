@@ -16,7 +16,8 @@ How the label reaches each modality (all synthetic; the README says so):
 - audio: a voice-like harmonic tone with vibrato and a syllable-like envelope; its pitch, loudness
   and speaking rate rise with `label_A`. Each video has its own "speaker" pitch; background noise varies.
 - vision: the astronaut face photo from scikit-image. Warping the mouth does not move mediapipe's
-  blendshapes (DESIGN.md), so the label is carried by what the landmarker and CLIP do see: head roll
+  blendshapes (checked: moving the mouth corners or jaw by up to 40 px leaves mouthSmile and
+  jawOpen as they were), so the label is carried by what the landmarker and CLIP do see: head roll
   (about 6.5 degrees per label unit, so +-20 degrees at the ends), face scale, brightness and colour
   warmth. Small per-frame sway and flicker make every frame different.
 

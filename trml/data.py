@@ -1,6 +1,6 @@
 """From the Parquet contracts to tensors, once: the manifest joined with the chosen feature tables.
 
-Reads only the files (DESIGN.md "Parquet contracts"), never the code that wrote them:
+Reads only the files (docs/architecture.md, "The contracts"), never the code that wrote them:
   data/index/<dataset>.parquet                     the manifest (splits, labels, trml.task)
   data/features/<dataset>/<feature_set>.parquet    one row per manifest row, `present` + `emb` or `seq`
 

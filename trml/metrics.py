@@ -1,4 +1,5 @@
-"""Metrics with MMSA's definitions (thuiar/MMSA metricsTop), under DESIGN.md's key names.
+"""Metrics with MMSA's definitions (thuiar/MMSA metricsTop); the key names are the contract of
+docs/architecture.md ("Results").
 
 Regression (scores in [-3, 3]):
     acc2_has0, f1_has0  binary "negative vs non-negative": truth >= 0 against pred >= 0, all samples

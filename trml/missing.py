@@ -67,5 +67,5 @@ RATE_MEAN = "rate_mean"
 
 
 def rate_key(rate: float) -> str:
-    """The metrics-file key of a missing rate: one decimal, as DESIGN.md fixes it."""
+    """The results key of a missing rate, with one decimal (docs/architecture.md, "Results")."""
     return f"r{rate:.1f}"
