@@ -33,7 +33,8 @@ def summarize(values: list[float | None]) -> dict:
     n = len(defined)
     return {
         "mean": float(defined.mean()) if n else None,
-        "sd": float(defined.std(ddof=1)) if n >= 2 else None,
+        # Deviations from the first value: identical seeds give exactly 0, not a rounding residue of the mean.
+        "sd": float((defined - defined[0]).std(ddof=1)) if n >= 2 else None,
         "n": n,
         "values": list(values),
     }

@@ -1,0 +1,304 @@
+"""Results a researcher can trust: the statistics on known cases, model reuse across stages, the compact
+metrics file, the report in Markdown and LaTeX, and a model that really learns."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from features.store import FeatureRow, TableInfo, rows_to_table, write_atomic
+from tests.conftest import ROOT
+from tests.test_trml import DS, small_model, small_train, write_fixture
+from trml.config import CompareConfig, EvaluateConfig, ModelConfig
+from trml.metrics import CLASSIFICATION_KEYS, REGRESSION_KEYS, compute_metrics, metric_rows
+from trml.stats import PairedBootstrap, paired_difference, seed_values, summarize
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- statistics on known cases
+
+def test_weighted_rows_equal_metrics_on_explicitly_resampled_data():
+    """A row of resampling counts gives exactly the metrics of the resampled arrays (both tasks)."""
+    rng = np.random.default_rng(0)
+    truth = np.round(rng.uniform(-3, 3, 60) * 2) / 2                   # exact zeros included
+    pred = truth + rng.normal(0, 1, 60)
+    labels, guesses = rng.integers(0, 5, 60), rng.integers(0, 5, 60)
+    for _ in range(5):
+        idx = rng.integers(0, 60, 60)
+        counts = np.bincount(idx, minlength=60)[None].astype(float)
+        rows = metric_rows("regression", pred, truth, counts)
+        direct = compute_metrics("regression", pred[idx], truth[idx], digits=None)
+        assert {k: rows[k][0] for k in REGRESSION_KEYS} == pytest.approx(direct, abs=1e-9)
+        rows = metric_rows("classification", guesses, labels, counts)
+        direct = compute_metrics("classification", guesses[idx], labels[idx], digits=None)
+        assert {k: rows[k][0] for k in CLASSIFICATION_KEYS} == pytest.approx(direct, abs=1e-9)
+
+
+def test_ci_contains_a_known_difference_and_is_tight_with_much_data():
+    # |N(0, s)| has mean s * sqrt(2 / pi): model a (noise sd 1) beats b (sd 2) on MAE by exactly this much.
+    rng = np.random.default_rng(1)
+    n, true_diff = 4000, (1.0 - 2.0) * np.sqrt(2 / np.pi)
+    truth = rng.uniform(-3, 3, n)
+    a = truth + rng.normal(0, 1.0, (3, 2, n))
+    b = truth + rng.normal(0, 2.0, (3, 2, n))
+    d = paired_difference("regression", a, b, truth, resamples=1000, seed=0)["mae"]
+    lo, hi = d["ci95"]
+    assert lo < true_diff < hi and hi - lo < 0.08
+    assert d["mean"] == pytest.approx(true_diff, abs=0.03)
+
+
+def test_ci_covers_the_true_difference_at_about_the_nominal_rate():
+    """Over 60 independent test sets of 150 utterances, the 95% interval holds the true MAE difference
+    in roughly 95% of them (a wrong method, e.g. one ignoring the pairing or the spread, fails this)."""
+    rng = np.random.default_rng(2)
+    # Errors: a shared part (sd 0.6, the same utterance is hard for both) plus each model's own; totals sd 1.0
+    # for a and 1.2 for b, so the true MAE difference is (1.0 - 1.2) * sqrt(2 / pi).
+    true_diff = (1.0 - 1.2) * np.sqrt(2 / np.pi)
+    covered = 0
+    for trial in range(60):
+        truth = rng.uniform(-3, 3, 150)
+        shared = rng.normal(0, 0.6, 150)
+        a = (truth + shared + rng.normal(0, 0.8, 150))[None, None]
+        b = (truth + shared + rng.normal(0, np.sqrt(1.2 ** 2 - 0.6 ** 2), 150))[None, None]
+        lo, hi = paired_difference("regression", a, b, truth, resamples=500, seed=trial)["mae"]["ci95"]
+        covered += lo <= true_diff <= hi
+    assert 50 <= covered <= 60, covered
+
+
+def test_identical_models_differ_by_exactly_zero():
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(-3, 3, 50)
+    a = truth + rng.normal(0, 1, (2, 3, 50))
+    for metric, d in paired_difference("regression", a, a.copy(), truth, resamples=200, seed=0).items():
+        if d["mean"] is not None:
+            assert d["mean"] == 0.0 and d["ci95"] == [0.0, 0.0], metric
+
+
+def test_identical_seeds_have_sd_zero_and_summaries_keep_every_value():
+    rng = np.random.default_rng(4)
+    truth = rng.uniform(-3, 3, 40)
+    one = truth + rng.normal(0, 1, (1, 2, 40))
+    same = np.repeat(one, 3, axis=0)                                    # three seeds, identical predictions
+    values = seed_values("regression", same, truth)
+    for key, per_seed in values.items():
+        s = summarize(per_seed)
+        if s["mean"] is not None:
+            assert s["sd"] == 0.0 and s["n"] == 3 and s["values"] == per_seed, key
+    assert summarize([0.5]) == {"mean": 0.5, "sd": None, "n": 1, "values": [0.5]}
+    assert summarize([1.0, 2.0, None]) == {"mean": 1.5, "sd": pytest.approx(0.70710678), "n": 2,
+                                           "values": [1.0, 2.0, None]}
+
+
+def test_seeds_carry_training_spread_into_the_interval():
+    """Two seeds that disagree widen the interval compared with the same seed twice."""
+    rng = np.random.default_rng(5)
+    truth = rng.uniform(-3, 3, 200)
+    b = truth + rng.normal(0, 1, (1, 1, 200))
+    a_same = np.repeat(truth + rng.normal(0, 1, (1, 1, 200)), 2, axis=0)
+    a_apart = np.concatenate([truth + rng.normal(0, 0.5, (1, 1, 200)), truth + rng.normal(0, 1.5, (1, 1, 200))])
+    boot = PairedBootstrap("regression", truth, 2, 500, seed=0)
+    same = boot.difference([("same", 0, a_same)], [("b", 0, np.repeat(b, 2, axis=0))])["mae"]["ci95"]
+    apart = boot.difference([("apart", 0, a_apart)], [("b", 0, np.repeat(b, 2, axis=0))])["mae"]["ci95"]
+    assert apart[1] - apart[0] > same[1] - same[0]
+
+
+# ---------------------------------------------------------------- reuse across stages
+
+def test_compare_reuses_the_model_the_train_stage_trained(tmp_path, monkeypatch):
+    import trml.compare as compare_module
+    from trml.train import train
+    root = write_fixture(tmp_path / "fx")
+    mc, tc = small_model(), small_train(epochs=1)
+    train(DS, mc, tc, root, tmp_path / "models")                      # the train stage: trml at train.seed 0
+    trained = tmp_path / "models" / DS / "trml"
+    before = {p.name: p.read_bytes() for p in trained.iterdir()}
+    calls = []
+    real_fit = compare_module.fit
+    monkeypatch.setattr(compare_module, "fit", lambda data, m, cfg, *a, **k: (calls.append((cfg.variant, cfg.seed)),
+                                                                            real_fit(data, m, cfg, *a, **k))[1])
+    args = (DS, mc, tc, EvaluateConfig(test_missing_rates=[0.0, 0.5], mask_draws=1),
+            CompareConfig(variants=["trml", "zero_fill"], seeds=[0, 1]), root, tmp_path / "models" / "variants",
+            tmp_path / "reports", tmp_path / "metrics", tmp_path / "plots")
+    compare_module.compare(*args, trained_dir=tmp_path / "models")
+    assert calls == [("trml", 1), ("zero_fill", 0), ("zero_fill", 1)]          # trml seed 0: no second training
+    assert not (tmp_path / "models" / "variants" / DS / "trml" / "seed0").exists()
+    lineage = json.loads((tmp_path / "reports" / DS / "compare_lineage.json").read_text())
+    assert lineage["trml"]["seed0"]["checkpoint"] == str(trained / "best.pt")
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before        # read, never written
+    # Again: every run is found finished, nothing trains, and the results are the same bytes.
+    first = (tmp_path / "reports" / DS / "compare.json").read_bytes()
+    calls.clear()
+    compare_module.compare(*args, trained_dir=tmp_path / "models")
+    assert calls == [] and (tmp_path / "reports" / DS / "compare.json").read_bytes() == first
+    # Other settings are not the same model: a changed learning rate trains everything again.
+    compare_module.compare(DS, mc, small_train(epochs=1, lr=0.01), *args[3:], trained_dir=tmp_path / "models")
+    assert calls == [("trml", 0), ("trml", 1), ("zero_fill", 0), ("zero_fill", 1)]
+
+
+# ---------------------------------------------------------------- the compact metrics file
+
+def _fake_results(task: str, rates: list[str]) -> dict:
+    keys = REGRESSION_KEYS if task == "regression" else CLASSIFICATION_KEYS
+    cell = {k: {"mean": 0.5, "sd": 0.01, "n": 3, "values": [0.5] * 3} for k in keys}
+    conds = rates + ["rate_mean", "miss_text", "miss_vision", "miss_audio", "miss_face"]
+    diff = {k: {"mean": -0.01, "ci95": [-0.02, 0.0]} for k in keys}
+    return {"task": task, "variants": {"trml": {c: cell for c in conds}, "zero_fill": {c: cell for c in conds}},
+            "differences": {"zero_fill": {c: diff for c in conds}, "no_sml": {c: diff for c in conds}}}
+
+
+def _leaves(d: dict) -> int:
+    return sum(_leaves(v) if isinstance(v, dict) else 1 for v in d.values())
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_the_headline_file_holds_at_most_12_numbers_one_level_deep(task):
+    from trml.compare import headline
+    rates = ["r0.0", "r0.1", "r0.3", "r0.5", "r0.7"]
+    h = headline(_fake_results(task, rates), rates)
+    assert _leaves(h) <= 12
+    assert all(isinstance(v, dict) and all(not isinstance(x, dict) for x in v.values()) for v in h.values())
+    main = "mae" if task == "regression" else "wf1"
+    assert {f"{main}_r0.0", f"{main}_r0.7", f"{main}_mean"} <= set(h["trml"])
+    assert set(h["trml_minus_zero_fill"]) == {f"{main}_mean", "ci95_lo", "ci95_hi"}
+
+
+def test_dvc_declares_only_the_headline_files_as_metrics():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    declared = []
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        for entry in body.get("metrics", []):
+            declared.append((name, entry if isinstance(entry, str) else next(iter(entry))))
+    assert declared and all(path == "metrics/${key}.json" for _, path in declared), declared
+    assert {name for name, _ in declared} == {"compare", "compare_mmsa"}
+
+
+# ---------------------------------------------------------------- the report
+
+REPORT_FIXTURE = {
+    "dataset": "toy", "task": "regression", "headline": "mae", "seeds": [0, 1, 2],
+    "conditions": ["r0.0", "r0.5", "rate_mean", "miss_text"], "rates": ["r0.0", "r0.5"],
+    "split_sizes": {"train": 60, "valid": 18, "test": 18},
+    "method": {"spread": "sd over seeds (n - 1)", "ci": "two-level paired bootstrap", "resamples": 1000, "seed": 1},
+    "variants": {
+        "trml": {"r0.0": {"mae": {"mean": 0.61, "sd": 0.01, "n": 3, "values": [0.6, 0.61, 0.62]}},
+                 "r0.5": {"mae": {"mean": 0.80, "sd": 0.02, "n": 3, "values": [0.78, 0.8, 0.82]}},
+                 "rate_mean": {"mae": {"mean": 0.705, "sd": 0.015, "n": 3, "values": [0.69, 0.705, 0.72]}},
+                 "miss_text": {"mae": {"mean": 1.2, "sd": 0.1, "n": 3, "values": [1.1, 1.2, 1.3]}}},
+        "zero_fill": {"r0.0": {"mae": {"mean": 0.60, "sd": 0.03, "n": 3, "values": [0.57, 0.6, 0.63]}},
+                      "r0.5": {"mae": {"mean": 0.95, "sd": 0.05, "n": 3, "values": [0.9, 0.95, 1.0]}},
+                      "rate_mean": {"mae": {"mean": 0.775, "sd": 0.04, "n": 3, "values": [0.735, 0.775, 0.815]}},
+                      "miss_text": {"mae": {"mean": 1.3, "sd": 0.1, "n": 3, "values": [1.2, 1.3, 1.4]}}},
+    },
+    "differences": {"zero_fill": {
+        "r0.0": {"mae": {"mean": 0.01, "ci95": [-0.02, 0.04]}},
+        "r0.5": {"mae": {"mean": -0.15, "ci95": [-0.25, -0.05]}},
+        "rate_mean": {"mae": {"mean": -0.07, "ci95": [-0.12, -0.02]}},
+        "miss_text": {"mae": {"mean": -0.1, "ci95": [-0.3, 0.1]}}}},
+    "reference": {"upper_bound": {"mae": {"mean": 0.55, "sd": 0.02, "n": 3, "values": [0.53, 0.55, 0.57]}}},
+    "provenance": {"manifest_sha256": "ab" * 32, "modalities": {
+        "text": {"feature_set": "text_clip", "weights_id": "ViT-B-32:random-init(seed=0)"},
+        "audio": {"feature_set": "audio_librosa", "weights_id": "librosa-0.11.0"}}},
+}
+
+
+def test_report_renders_markdown_with_best_in_bold_reference_row_cis_and_lineage(tmp_path):
+    from trml.report import render_markdown, write_report
+    md = render_markdown(REPORT_FIXTURE)
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| variant |"))
+    assert header == "| variant | r0.0 | r0.5 | mean(r) | miss_text |"
+    trml = next(line for line in lines if line.startswith("| trml |"))
+    zero = next(line for line in lines if line.startswith("| zero_fill |"))
+    # Lower MAE is better: zero_fill wins r0.0, trml the rest.
+    assert trml == "| trml | 0.610 ± 0.010 | **0.800 ± 0.020** | **0.705 ± 0.015** | **1.200 ± 0.100** |"
+    assert zero == "| zero_fill | **0.600 ± 0.030** | 0.950 ± 0.050 | 0.775 ± 0.040 | 1.300 ± 0.100 |"
+    ref = next(line for line in lines if line.startswith("| upper_bound"))
+    assert "0.550 ± 0.020" in ref and ref.count("±") == 1                   # once, not in every column
+    diff = next(line for line in lines if line.startswith("| zero_fill | +") or line.startswith("| zero_fill | 0.0"))
+    assert diff == ("| zero_fill | +0.010 [−0.020, 0.040] | −0.150 [−0.250, −0.050] † | −0.070 [−0.120, −0.020] † "
+                    "| −0.100 [−0.300, 0.100] |")
+    assert "seeds: 0, 1, 2" in md and "train 60, valid 18, test 18" in md
+    assert "WARNING: text features come from randomly initialised weights" in md
+    # trml report reads compare.json from the reports folder and writes the same text.
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "compare.json").write_text(json.dumps(REPORT_FIXTURE))
+    assert write_report(tmp_path, "toy", "markdown", None).read_text() == md
+
+
+def test_report_renders_a_booktabs_tabular(tmp_path):
+    from trml.report import ReportError, write_report
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "compare.json").write_text(json.dumps(REPORT_FIXTURE))
+    tex = write_report(tmp_path, "toy", "latex", None).read_text()
+    assert (tmp_path / "toy" / "results.tex").read_text() == tex
+    body = [line for line in tex.splitlines() if not line.startswith("%")]
+    assert body[0] == "\\begin{tabular}{lcccc}" and body[-1] == "\\end{tabular}"
+    assert body[1] == "\\toprule" and body[-2] == "\\bottomrule" and "\\midrule" in body
+    assert "Variant & r0.0 & r0.5 & mean(r) & miss\\_text \\\\" in body
+    assert "zero\\_fill & $\\mathbf{0.600 \\pm 0.030}$ & $0.950 \\pm 0.050$ & $0.775 \\pm 0.040$ & $1.300 \\pm 0.100$ \\\\" in body
+    assert "upper\\_bound (complete data) & \\multicolumn{4}{l}{$0.550 \\pm 0.020$} \\\\" in body
+    assert "$-$ zero\\_fill & $+0.010 [-0.020, 0.040]$ & $-0.150 [-0.250, -0.050]^\\dagger$" in tex
+    assert tex.count("&") == tex.count("\\&") + sum(line.count("&") for line in body)   # no stray & in comments
+    with pytest.raises(ReportError, match=r"nothing/compare.json: not found; run `trml compare --dataset nothing`"):
+        write_report(tmp_path, "nothing", "latex", None)
+
+
+# ---------------------------------------------------------------- a model that learns
+
+def _one_modality_carries_the_label(root: Path, n: int = 240) -> Path:
+    """Text embeddings are the label along one direction plus noise; audio is noise only."""
+    import pyarrow as pa
+    rng = np.random.default_rng(7)
+    ids = [f"v{i:04d}" for i in range(n)]
+    split = ["train"] * (n * 6 // 10) + ["valid"] * (n * 2 // 10) + ["test"] * (n - n * 8 // 10)
+    label = np.round(rng.uniform(-3, 3, n), 1)
+    manifest = pa.table({
+        "utterance_id": pa.array(ids, pa.string()), "dataset": pa.array([DS] * n, pa.string()),
+        "split": pa.array(split, pa.string()), "media_path": pa.array([f"{u}.mp4" for u in ids], pa.string()),
+        "text": pa.array(["words"] * n, pa.string()), "label": pa.array(label, pa.float64()),
+        "label_class": pa.array([None] * n, pa.int64()),
+    }).replace_schema_metadata({b"trml.dataset": DS.encode(), b"trml.layout": b"mmsa",
+                                b"trml.root": str(root).encode(), b"trml.task": b"regression",
+                                b"trml.class_names": b"[]"})
+    write_atomic(manifest, root / "index" / f"{DS}.parquet")
+    direction = rng.normal(size=16)
+    text = [FeatureRow(u, emb=label[i] / 3 * direction + 0.1 * rng.normal(size=16)) for i, u in enumerate(ids)]
+    audio = [FeatureRow(u, seq=rng.normal(size=(5, 6)), t=np.arange(5) * 0.1) for u in ids]
+    for rows, (fs, modality, kind, dim) in ((text, ("text_minilm", "text", "emb", 16)),
+                                            (audio, ("audio_librosa", "audio", "seq", 6))):
+        info = TableInfo(fs, modality, kind, dim, extractor="fixture", extractor_version="1", weights_id="fixture",
+                         feature_names=[f"f{j}" for j in range(dim)])
+        write_atomic(rows_to_table(rows, info), root / "features" / DS / f"{fs}.parquet")
+    return root
+
+
+def test_trml_learns_the_label_from_the_one_modality_that_carries_it(tmp_path):
+    from trml.evaluate import evaluate
+    from trml.train import train
+    root = _one_modality_carries_the_label(tmp_path / "fx")
+    mc = ModelConfig(hidden=32, max_seq_len=8, modalities={"text": "text_minilm", "vision": None,
+                                                           "audio": "audio_librosa", "face": None})
+    tc = small_train(epochs=25, patience=25, lr=3e-3)
+    train(DS, mc, tc, root, tmp_path / "models")
+    res = evaluate(DS, mc, tc, EvaluateConfig(test_missing_rates=[0.0]), root, tmp_path / "models",
+                   tmp_path / "reports", tmp_path / "plots")
+    import pyarrow.parquet as pq
+    man = pq.read_table(root / "index" / f"{DS}.parquet").to_pydict()
+    y = np.array(man["label"])
+    split = np.array(man["split"])
+    constant = float(np.mean(np.abs(y[split == "test"] - y[split == "train"].mean())))
+    mae = res["test"]["r0.0"]["mae"]
+    assert mae < 0.5 * constant, (mae, constant)
+    assert res["test"]["r0.0"]["corr"] > 0.8
+    # Without the modality that carries the label it can only guess: no better than the constant by much.
+    assert res["test"]["miss_text"]["mae"] > 0.8 * constant
