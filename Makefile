@@ -42,6 +42,10 @@ dvc-init: $(STAMP)
 demo: dvc-init
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/trml show-metrics
+	@# dvc.lock in git is the record of the reference run; another machine writes its own (README: Reproducibility).
+	@git diff --quiet -- dvc.lock 2>/dev/null || echo "note: dvc.lock differs from the committed reference run \
+	(changed params or code, or, on another machine, outputs whose bytes differ: audio_librosa, face_mediapipe and \
+	what follows; README, Reproducibility). \`git diff dvc.lock\` shows which; commit it as your run's record."
 
 test: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q $(PYTEST_ARGS)
