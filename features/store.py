@@ -18,11 +18,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import polars
 
 META_PREFIX = "trml."
 
@@ -79,6 +82,24 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     raw = pq.read_schema(path).metadata or {}
     return {k.decode()[len(META_PREFIX):]: v.decode() for k, v in raw.items()
             if k.decode().startswith(META_PREFIX)}
+
+
+def read_features(path: str | Path) -> polars.DataFrame:
+    """A feature table as a polars DataFrame, one row per manifest row: utterance_id, present, status,
+    detail, and the payload, `emb` (Array(Float32, dim)) or `seq` (List(Array(Float32, dim))) with `t`
+    (List(Float32), seconds). How the table was made (extractor, weights id, feature names, params) is
+    in `read_metadata(path)`."""
+    import polars as pl
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no feature table here; extract it first (`trml extract`, or "
+                                f"flows.api.extract_folder)")
+    meta = read_metadata(path)
+    if meta.get("kind") not in ("emb", "seq"):
+        raise ValueError(f"{path}: not a feature table (its schema metadata has no trml.kind emb|seq); "
+                         f"a manifest is read with read_manifest")
+    return pl.read_parquet(path)
 
 
 def feature_schema(info: TableInfo) -> pa.Schema:

@@ -390,14 +390,19 @@ def one_line(exc: BaseException) -> str:
     return " | ".join(lines) or type(exc).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Libraries log at WARNING (open_clip logs every step of model creation at INFO on the root logger);
-    # this project's own progress logs at INFO. -v shows everything.
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+def configure_logging(verbose: bool) -> None:
+    """Libraries log at WARNING (open_clip logs every step of model creation at INFO on the root logger);
+    this project's own progress logs at INFO. Verbose (-v) shows everything, mediapipe's native start-up
+    notes included (features.extractors.face_mediapipe keeps them out of the terminal below DEBUG)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for package in ("trml", "features", "flows"):
-        logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+        logging.getLogger(package).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
     try:
         return args.func(args) or 0
     except SystemExit as exc:         # `raise SystemExit("error: ...")` in a handler: the message, on one line
