@@ -134,10 +134,11 @@ def _target_size(width: int, height: int, short_side: int | None) -> tuple[int, 
     return max(short_side, round(width * scale)), max(short_side, round(height * scale))
 
 
-def _decoded_frames(container, stream, errors: list[str]):
-    """(frame, time in s) from the current position to the end; damaged packets are skipped and noted."""
-    rate = stream.average_rate or stream.base_rate
-    count = 0
+def _decoded(container, stream, errors: list[str]):
+    """The decoded frames of one stream (video or audio) from the current position to the end.
+
+    A damaged packet is skipped and a broken tail ends the stream early; each is noted in `errors`, so a
+    partly readable file still gives what it has."""
     try:
         for packet in container.demux(stream):
             try:
@@ -145,14 +146,19 @@ def _decoded_frames(container, stream, errors: list[str]):
             except av.FFmpegError as exc:
                 errors.append(str(exc))
                 continue
-            for frame in frames:
-                count += 1
-                if frame.time is not None:
-                    yield frame, float(frame.time)
-                elif rate:                      # no timestamps (raw streams): count frames instead
-                    yield frame, (count - 1) / float(rate)
-    except av.FFmpegError as exc:               # a broken tail ends the stream early
+            yield from frames
+    except av.FFmpegError as exc:
         errors.append(str(exc))
+
+
+def _decoded_frames(container, stream, errors: list[str]):
+    """(frame, time in s) of a video stream from the current position to the end (see _decoded)."""
+    rate = stream.average_rate or stream.base_rate
+    for count, frame in enumerate(_decoded(container, stream, errors), start=1):
+        if frame.time is not None:
+            yield frame, float(frame.time)
+        elif rate:                              # no timestamps (raw streams): count frames instead
+            yield frame, (count - 1) / float(rate)
 
 
 def read_frames(path: str | Path, n: int, *, short_side: int | None = None) -> FrameSample:
@@ -318,14 +324,8 @@ def read_audio(path: str | Path, sample_rate: int, max_seconds: float | None = N
                 add(out)
 
         try:
-            for packet in container.demux(stream):
-                try:
-                    decoded = packet.decode()
-                except av.FFmpegError as exc:
-                    errors.append(str(exc))
-                    continue
-                for frame in decoded:
-                    convert(frame)
+            for frame in _decoded(container, stream, errors):
+                convert(frame)
                 if limit is not None and total > limit:
                     truncated = True
                     break
