@@ -24,8 +24,9 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -39,6 +40,7 @@ def small_params(params: dict) -> dict:
     params["extract"]["face_mediapipe"]["n_frames"] = 4
     params["train"]["epochs"] = 3
     params["evaluate"]["test_missing_rates"] = [0.0, 0.5]
+    params["compare"]["seeds"] = [0, 1]
     return params
 
 
@@ -76,17 +78,25 @@ def test_repro_builds_every_output(project):
         assert (project / f"data/index/{ds}.parquet").is_file()
         for fs in params["feature_sets"]:
             assert (project / f"data/features/{ds}/{fs}.parquet").is_file()
-        metrics = json.loads((project / f"metrics/{ds}.json").read_text())
-        assert set(metrics["test"]) >= {"r0.0", "r0.5", "miss_text", "miss_vision"}
-        assert {"acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7", "acc5", "mae", "corr"} <= set(metrics["test"]["r0.0"])
-        compare = json.loads((project / f"metrics/{ds}_compare.json").read_text())
-        assert set(compare) == set(params["compare"]["variants"])
+        evaluated = json.loads((project / f"reports/{ds}/evaluate.json").read_text())
+        assert set(evaluated["test"]) >= {"r0.0", "r0.5", "miss_text", "miss_vision"}
+        assert {"acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7", "acc5", "mae", "corr"} <= set(evaluated["test"]["r0.0"])
+        compare = json.loads((project / f"reports/{ds}/compare.json").read_text())
+        assert set(compare["variants"]) | set(compare["reference"]) == set(params["compare"]["variants"])
+        assert compare["seeds"] == params["compare"]["seeds"]
+        headline = json.loads((project / f"metrics/{ds}.json").read_text())
+        assert sum(len(v) for v in headline.values()) <= 12
+        assert (project / f"reports/{ds}/results.md").read_text().startswith(f"# {ds}: mae")
         assert list((project / "plots" / ds).glob("*.png"))
+    # The train stage's model is compare's run at train.seed: trained once, not twice.
+    lineage = json.loads((project / "reports/sample/compare_lineage.json").read_text())
+    assert lineage["trml"][f"seed{params['train']['seed']}"]["checkpoint"] == "models/sample/trml/best.pt"
+    assert not (project / f"models/variants/sample/trml/seed{params['train']['seed']}").exists()
     # Outputs belong to DVC: git sees none of them.
     untracked = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=project,
                                capture_output=True, text=True).stdout
     leaked = [line for line in untracked.splitlines()
-              if re.search(r"(data|models|metrics|plots)/", line) and not line.endswith(".gitignore")]
+              if re.search(r"(data|models|metrics|reports|plots)/", line) and not line.endswith(".gitignore")]
     assert not leaked, leaked
 
 
@@ -135,12 +145,19 @@ def test_experiments_show_params_and_metrics(project):
             rev = exp["revs"][0]
             data = rev["data"]
             exps[rev["name"]] = (data["params"]["params.yaml"]["data"]["train"]["alpha"],
-                                 data["metrics"]["metrics/sample.json"]["data"]["test"]["r0.5"])
+                                 data["metrics"]["metrics/sample.json"]["data"]["trml"])
     assert exps["alpha-0"][0] == 0.0 and exps["alpha-1"][0] == 1.0
     assert exps["alpha-0"][1] != exps["alpha-1"][1]
     table = run(["dvc", "exp", "show", "--csv"], project).stdout  # the same table as `dvc exp show`
     header = table.splitlines()[0].split(",")
     assert "train.alpha" in header and "alpha-0" in table and "alpha-1" in table
+    metric_columns = [c for c in header if c.startswith(("trml.", "trml_minus_zero_fill."))]
+    assert 0 < len(metric_columns) <= 12, metric_columns
+    # As a user reads it: a 160-column terminal, only what changed, every headline number in full.
+    shown = run(["dvc", "exp", "show", "--only-changed", "--no-pager"], project,
+                env={"COLUMNS": "160", "LINES": "50"}).stdout
+    assert "…" not in shown, shown
+    assert "alpha-0" in shown and "alpha-1" in shown and "mae_mean" in shown, shown
 
 
 def test_local_remote_round_trip_skips_extraction(project, tmp_path):
@@ -183,12 +200,12 @@ def test_imported_mmsa_pickle_trains_through_the_same_stages(tmp_path):
     targets = ["dvc", "repro", "import_mmsa", "train_mmsa", "evaluate_mmsa"]
     proc = run(targets, project)
     assert ran_stages(proc.stdout) == {f"import_mmsa@{name}", f"train_mmsa@{name}", f"evaluate_mmsa@{name}"}
-    metrics = json.loads((project / f"metrics/{name}.json").read_text())
+    metrics = json.loads((project / f"reports/{name}/evaluate.json").read_text())
     assert {"r0.0", "r0.5", "miss_text", "miss_audio", "miss_vision"} <= set(metrics["test"])
     values = [v for by_cond in metrics.values() for m in by_cond.values() for v in m.values()]
     assert values and all(v is None or math.isfinite(v) for v in values)
     assert math.isfinite(metrics["test"]["r0.0"]["mae"])
-    lineage = json.loads((project / f"metrics/{name}_lineage.json").read_text())["trml"]
+    lineage = json.loads((project / f"reports/{name}/evaluate_lineage.json").read_text())["trml"]
     mods = lineage["provenance"]["modalities"]
     assert set(mods) == {"text", "audio", "vision"}                     # the pickle's modalities, no face
     for modality, prov in mods.items():
@@ -202,5 +219,5 @@ def test_imported_mmsa_pickle_trains_through_the_same_stages(tmp_path):
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     proc = run(targets, project)
     assert ran_stages(proc.stdout) == {f"train_mmsa@{name}", f"evaluate_mmsa@{name}"}
-    lineage = json.loads((project / f"metrics/{name}_lineage.json").read_text())["trml"]
+    lineage = json.loads((project / f"reports/{name}/evaluate_lineage.json").read_text())["trml"]
     assert set(lineage["provenance"]["modalities"]) == {"text", "audio"}
