@@ -57,9 +57,12 @@ def cmd_index(args) -> int:
     from features.adapters import index_dataset
     p = _params(args, standalone=True)
     if args.layout is None and args.root is None:
-        if not p.datasets:
-            raise ParamsError(f"no params.yaml here, so dataset {args.dataset!r} needs --layout and --root "
-                              f"(e.g. `trml index --layout folder --root ~/videos --dataset {args.dataset}`)")
+        if args.dataset not in p.datasets and args.dataset not in p.mmsa_pickles:
+            where = f"not in {args.params or PARAMS_FILE}" if args.params or PARAMS_FILE.is_file() \
+                else "no params.yaml here"
+            raise ParamsError(f"dataset {args.dataset!r}: {where}, so give --layout and --root (e.g. `trml index "
+                              f"--layout folder --root ~/videos --dataset {args.dataset}`), or add it under "
+                              f"`datasets:` in params.yaml")
         ds = p.dataset(args.dataset)
     else:
         if args.layout is None or args.root is None:

@@ -48,8 +48,8 @@ class MmsaPickleConfig(Strict):
 
 
 class Params(Strict):
-    # Keyed by dataset name: dvc.yaml's foreach/matrix loop over these keys. A project file needs at least
-    # one (load_params checks); the built-in defaults have none (a manifest names its own root and layout).
+    # Keyed by dataset name: dvc.yaml's foreach/matrix loop over these keys. Outside a project there may be
+    # none: `trml index --layout --root` names the raw folder, and the manifest then records it for extract.
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
     # Imported MMSA feature pickles, keyed by dataset name (dvc.yaml: import_mmsa, train_mmsa, ...).
     mmsa_pickles: dict[str, MmsaPickleConfig] = Field(default_factory=dict)
@@ -143,13 +143,9 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
     try:
-        params = Params.model_validate(raw)
+        return Params.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError(format_validation_error(path, exc)) from None
-    if not params.datasets:
-        raise ParamsError(f"{path}: datasets: none given; add one, e.g. `datasets: {{mine: {{layout: folder, "
-                          f"root: data/raw/mine}}}}` (dvc.yaml's index and extract stages loop over them)")
-    return params
 
 
 def format_validation_error(path: Path, exc: ValidationError) -> str:

@@ -127,3 +127,13 @@ def test_help_says_how_extract_finds_a_dataset():
     assert "--data-dir" in text
     text = " ".join(sub.choices["index"].format_help().split())
     assert "trml index --layout folder --root ~/videos --dataset mine" in text
+
+
+def test_a_params_file_may_hold_only_the_settings_to_change(tmp_path):
+    """Outside a project, `--params FILE` with one section: the rest are the built-in defaults."""
+    from flows.params import default_params, load_params
+    path = tmp_path / "mine.yaml"
+    path.write_text("extract:\n  clip:\n    pretrained: /models/clip.pt\n")
+    p = load_params(path)
+    assert p.datasets == {} and str(p.extract.clip.pretrained) == "/models/clip.pt"
+    assert p.model_copy(update={"extract": default_params().extract}) == default_params()
