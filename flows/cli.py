@@ -118,7 +118,7 @@ def cmd_evaluate(args) -> int:
     from trml.evaluate import evaluate
     p = _params(args)
     evaluate(args.dataset, p.model_for(args.dataset), p.train, p.evaluate, data_dir=Path(args.data_dir),
-             models_dir=Path(args.models_dir), metrics_dir=Path(args.metrics_dir),
+             models_dir=Path(args.models_dir), reports_dir=Path(args.reports_dir),
              plots_dir=Path(args.plots_dir))
     return 0
 
@@ -127,8 +127,16 @@ def cmd_compare(args) -> int:
     from trml.compare import compare
     p = _params(args)
     compare(args.dataset, p.model_for(args.dataset), p.train, p.evaluate, p.compare, data_dir=Path(args.data_dir),
-            models_dir=Path(args.models_dir), metrics_dir=Path(args.metrics_dir),
-            plots_dir=Path(args.plots_dir))
+            models_dir=Path(args.models_dir), reports_dir=Path(args.reports_dir),
+            metrics_dir=Path(args.metrics_dir), plots_dir=Path(args.plots_dir),
+            trained_dir=Path(args.trained_dir) if args.trained_dir else None)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from trml.report import write_report
+    path = write_report(Path(args.reports_dir), args.dataset, args.format, Path(args.out) if args.out else None)
+    print(path.read_text() if args.format == "markdown" else f"wrote {path}")
     return 0
 
 
@@ -199,31 +207,21 @@ def cmd_plots(args) -> int:
 
 
 def cmd_show_metrics(args) -> int:
-    metrics_dir = Path(args.metrics_dir)
-    # *_lineage.json files say which checkpoint and weights made the numbers; they are not metrics.
-    files = sorted(f for f in metrics_dir.glob("*.json") if not f.name.endswith("_lineage.json"))
+    """The headline numbers of every dataset (metrics/*.json), then its results table (reports/<d>/results.md)."""
+    metrics_dir, reports_dir = Path(args.metrics_dir), Path(args.reports_dir)
+    files = sorted(metrics_dir.glob("*.json"))
     if not files:
         raise SystemExit(f"error: no metrics in {metrics_dir}/ yet; run `dvc repro` (or `trml compare`) first")
     for f in files:
         print(f"== {f}")
-        data = json.loads(f.read_text())
-        _print_metrics_table(data)
+        for group, values in json.loads(f.read_text()).items():
+            print(f"  {group}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, (int, float)) else f"{k} -"
+                                            for k, v in values.items()))
+        table = reports_dir / f.stem / "results.md"
+        if table.is_file():
+            print()
+            print(table.read_text())
     return 0
-
-
-def _print_metrics_table(data: dict) -> None:
-    """Print {group: {rate: {metric: value}}} as one table per group."""
-    for group, by_rate in data.items():
-        if not isinstance(by_rate, dict) or not by_rate:
-            continue
-        metrics = sorted({m for v in by_rate.values() if isinstance(v, dict) for m in v})
-        print(f"-- {group}")
-        print(f"{'':>14}" + "".join(f"{m:>11}" for m in metrics))
-        for rate, vals in by_rate.items():
-            if isinstance(vals, dict):
-                print(f"{rate:>14}" + "".join(
-                    f"{vals[m]:>11.4f}" if isinstance(vals.get(m), (int, float)) else f"{'-':>11}"
-                    for m in metrics))
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -287,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, helptext in [
         ("train", cmd_train, "train TRML (or a variant) on a dataset's feature tables"),
         ("evaluate", cmd_evaluate, "evaluate the trained model at every test missing rate and pattern"),
-        ("compare", cmd_compare, "train and evaluate every variant; write <dataset>_compare.json and plots"),
+        ("compare", cmd_compare, "train and evaluate every variant over compare.seeds; write "
+                                 "reports/<dataset>/ (compare.json, results.md, predictions), metrics/<dataset>.json "
+                                 "(the headline numbers) and plots"),
     ]:
         s = sub.add_parser(name, help=helptext, description=helptext)
         s.add_argument("--dataset", required=True)
@@ -299,9 +299,28 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--plots-dir", default="plots",
                            help="the per-epoch log is copied to <plots-dir>/<dataset>/train_<variant>.csv")
         else:
-            s.add_argument("--metrics-dir", default="metrics")
+            s.add_argument("--reports-dir", default="reports",
+                           help="full results go to <reports-dir>/<dataset>/ (default: reports)")
             s.add_argument("--plots-dir", default="plots")
+        if name == "compare":
+            s.add_argument("--metrics-dir", default="metrics",
+                           help="the headline numbers go to <metrics-dir>/<dataset>.json (default: metrics)")
+            s.add_argument("--trained-dir", default=None,
+                           help="models trained by `trml train` (e.g. models): a finished run there with the same "
+                                "settings, data and seed is reused instead of trained again")
         s.set_defaults(func=func)
+
+    s = sub.add_parser("report", help="the results table of a comparison, as Markdown or a LaTeX tabular",
+                       description="Render reports/<dataset>/compare.json (written by `trml compare`) as the "
+                                   "paper-style table: variants x missing rates and patterns, mean +- sd over "
+                                   "seeds, the best in bold, the upper bound as a reference row, the 95% CIs of "
+                                   "trml - each baseline, and the lineage. LaTeX is a booktabs tabular.")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--format", choices=["markdown", "latex"], default="markdown")
+    s.add_argument("--reports-dir", default="reports")
+    s.add_argument("--out", default=None,
+                   help="output file (default: <reports-dir>/<dataset>/results.md or results.tex)")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("bench", help="benchmark extraction: throughput, overhead ratio, peak memory",
                        description="Time each feature set on the sample benchmark against the bare model "
@@ -351,8 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="dvc_plots", help="output folder (default: dvc_plots)")
     s.set_defaults(func=cmd_plots)
 
-    s = sub.add_parser("show-metrics", help="print metrics/*.json as tables")
+    s = sub.add_parser("show-metrics", help="print the headline metrics and each dataset's results table")
     s.add_argument("--metrics-dir", default="metrics")
+    s.add_argument("--reports-dir", default="reports")
     s.set_defaults(func=cmd_show_metrics)
     return ap
 
