@@ -2,7 +2,8 @@
 
 For one feature set and a list of items, this times
   (a) `extractor.extract(items)`: decoding, preprocessing, the model, result assembly;
-  (b) the bare computation on the same already-decoded inputs:
+  (b) `extractor.bare_forward(extractor.model_inputs(items))`: the bare computation on the same inputs,
+      decoded and preprocessed beforehand (each extractor says what its bare model is):
       vision_clip     CLIP `encode_image` on the preprocessed frame tensors, same batches;
       face_mediapipe  `landmarker.detect` on the same frames (mp.Image objects built beforehand);
       audio_librosa   `audio_features` on the same decoded audio arrays;
@@ -17,17 +18,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
-
-import numpy as np
 
 from features.config import ExtractConfig
 from features.extractors import Extractor, MediaItem, build_extractor
-from features.extractors.base import guarded, split_by_text
-from features.store import FeatureRow
 
-# Targets from issue 3: end-to-end at most this many times the bare model on the same inputs.
-TARGET_RATIO = {"vision_clip": 1.3, "face_mediapipe": 1.3, "audio_librosa": 1.3}
+# End-to-end at most this many times the bare model on the same inputs (issue 3; audio: issue 11).
+TARGET_RATIO = {"vision_clip": 1.3, "face_mediapipe": 1.3, "audio_librosa": 1.1}
 
 
 @dataclass
@@ -76,108 +72,20 @@ class BenchResult:
         return out
 
 
-def _decode_ok(extractor: Extractor, items: list[MediaItem]) -> list:
-    """Each item's decoded media (what the extractor's threads produce), skipping bad media."""
-    out = []
-    for item in items:
-        result = guarded(item, extractor.decode)
-        if not isinstance(result, FeatureRow):
-            out.append(result)
-    return out
-
-
-def bare_runner(extractor: Extractor, items: list[MediaItem]) -> tuple[Callable[[], None], int, int]:
-    """(a function running the bare computation on pre-decoded inputs, ok items, model inputs)."""
-    fs = extractor.feature_set
-    if fs == "vision_clip":
-        import torch
-
-        decoded = _decode_ok(extractor, items)
-        if not decoded:
-            return (lambda: None), 0, 0
-        # The model's input, fully preprocessed (normalised float): only the forward pass is timed.
-        frames = extractor.normalize(torch.cat([extractor.as_tensor(x) for x, _, _ in decoded]).to(extractor.device))
-        bs = extractor.cfg.batch_size
-
-        def run():
-            for start in range(0, frames.shape[0], bs):
-                extractor.forward(frames[start:start + bs])
-        return run, len(decoded), int(frames.shape[0])
-
-    if fs == "face_mediapipe":
-        import mediapipe as mp
-
-        decoded = _decode_ok(extractor, items)
-        images = [mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(f))
-                  for sample in decoded for f in sample.frames]
-
-        def run():
-            with extractor.landmarker() as lm:
-                for image in images:
-                    lm.detect(image)
-        return run, len(decoded), len(images)
-
-    if fs == "audio_librosa":
-        from features.extractors.audio_librosa import audio_features
-
-        clips = [c for c in _decode_ok(extractor, items) if c.samples.size >= extractor.cfg.n_fft]
-        n_frames = sum(1 + c.samples.size // extractor.cfg.hop_length for c in clips)
-
-        def run():
-            for clip in clips:
-                audio_features(clip.samples, extractor.cfg)
-        return run, len(clips), n_frames
-
-    texts = [items[i].text.strip() for i in split_by_text(items)[1]]
-    if fs == "text_clip":
-        import torch
-
-        from features.extractors.torch_utils import autocast
-
-        bs = extractor.cfg.batch_size
-        batches = [extractor.weights.tokenizer(texts[s:s + bs]).to(extractor.device)
-                   for s in range(0, len(texts), bs)]
-
-        def run():
-            with torch.inference_mode(), autocast(extractor.device):
-                for tokens in batches:
-                    extractor.weights.model.encode_text(tokens)
-        return run, len(texts), len(texts)
-
-    if fs == "text_minilm":
-        import torch
-
-        model, bs = extractor.model, extractor.cfg.batch_size
-        tokenize = getattr(model, "preprocess", None) or model.tokenize   # `tokenize` is deprecated in 6.x
-        batches = []
-        for s in range(0, len(texts), bs):
-            features = tokenize(texts[s:s + bs])
-            # Besides tensors, the tokenizer output may carry plain entries (e.g. which keys held text).
-            batches.append({k: v.to(extractor.device) if hasattr(v, "to") else v for k, v in features.items()})
-
-        def run():
-            with torch.inference_mode():
-                for features in batches:
-                    model(features)
-        return run, len(texts), len(texts)
-
-    raise ValueError(f"no bare benchmark for feature set {fs!r}")
-
-
 def bench_extractor(extractor: Extractor, items: list[MediaItem], repeats: int = 3, chunk_size: int = 16,
                     warmup_items: int = 4) -> BenchResult:
     """Time extractor.extract against the bare computation on the same inputs, chunk by chunk.
 
-    Items are taken in chunks of `chunk_size` (use extract.shard_size: the flow calls extract once per
-    shard, so per-call start-up counts). Each chunk is timed end-to-end and then bare, back to back, so
+    Items are taken in chunks of `chunk_size` (use the feature set's extract.shard_size: the flow calls
+    extract once per shard, so per-call start-up counts). Each chunk is timed end-to-end and then bare, back to back, so
     both see the same load on a shared machine; each chunk keeps its fastest of `repeats` runs.
     """
     if not items:
         raise ValueError("bench needs at least one item")
     extractor.extract(items[:warmup_items])        # lazy init, numba compiles, decoder processes, allocator
     chunks = [items[i:i + chunk_size] for i in range(0, len(items), max(1, chunk_size))]
-    bares = [bare_runner(extractor, chunk) for chunk in chunks]
-    bares[0][0]()                                  # warm the bare path the same way
+    bares = [extractor.model_inputs(chunk) for chunk in chunks]
+    extractor.bare_forward(bares[0])               # warm the bare path the same way
     e2e = [[] for _ in chunks]
     bare = [[] for _ in chunks]
     for _ in range(max(1, repeats)):
@@ -186,22 +94,23 @@ def bench_extractor(extractor: Extractor, items: list[MediaItem], repeats: int =
             extractor.extract(chunk)
             e2e[c].append(time.perf_counter() - started)
             started = time.perf_counter()
-            bares[c][0]()
+            extractor.bare_forward(bares[c])
             bare[c].append(time.perf_counter() - started)
     e2e_runs = [sum(run[r] for run in e2e) for r in range(len(e2e[0]))]
     bare_runs = [sum(run[r] for run in bare) for r in range(len(bare[0]))]
     return BenchResult(feature_set=extractor.feature_set, device=extractor.device, clips=len(items),
-                       ok_clips=sum(b[1] for b in bares), frames=sum(b[2] for b in bares),
+                       ok_clips=sum(b.items for b in bares), frames=sum(b.frames for b in bares),
                        end_to_end_s=sum(min(x) for x in e2e), bare_s=sum(min(x) for x in bare),
                        repeats=max(1, repeats), end_to_end_runs_s=e2e_runs, bare_runs_s=bare_runs)
 
 
 def bench_feature_set(feature_set: str, items: list[MediaItem], extract_cfg: ExtractConfig,
                       device: str = "cpu", repeats: int = 3) -> BenchResult:
-    """Build the extractor (not timed) and benchmark it on `items`, in chunks of extract.shard_size."""
+    """Build the extractor (not timed) and benchmark it on `items`, in chunks of its extract.shard_size."""
     extractor = build_extractor(feature_set, extract_cfg, device=device)
     try:
-        return bench_extractor(extractor, items, repeats=repeats, chunk_size=extract_cfg.shard_size)
+        return bench_extractor(extractor, items, repeats=repeats,
+                               chunk_size=extract_cfg.shard_size.of(feature_set))
     finally:
         extractor.close()
 

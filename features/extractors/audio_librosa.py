@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from features.config import AudioConfig, ExtractConfig
-from features.extractors.base import Extractor, MediaItem, guarded, status_row, versions
+from features.extractors.base import Extractor, MediaItem, ModelInputs, guarded, status_row, versions
 from features.extractors.decoding import DecoderSlot, decode_in_process
 from features.media import AudioClip, read_audio
 from features.store import FeatureRow, TableInfo
@@ -145,6 +145,14 @@ class AudioLibrosaExtractor(Extractor):
 
     def close(self) -> None:
         self._decoder.discard()
+
+    def model_inputs(self, items: list[MediaItem]) -> ModelInputs:
+        clips = [c.samples for c in self.decoded(items) if c.samples.size >= self.cfg.n_fft]
+        return ModelInputs(clips, len(clips), sum(1 + y.size // self.cfg.hop_length for y in clips))
+
+    def bare_forward(self, inputs: ModelInputs) -> None:
+        for samples in inputs.data:
+            audio_features(samples, self.cfg)
 
     def rows_for(self, item: MediaItem, clip: AudioClip) -> FeatureRow:
         cfg = self.cfg

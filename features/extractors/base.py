@@ -10,6 +10,7 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -20,6 +21,14 @@ from features.store import FeatureRow, MediaItem, TableInfo
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+@dataclass
+class ModelInputs:
+    """What an extractor's bare model runs on, and how much of it there is."""
+    data: Any
+    items: int       # items that reach the model
+    frames: int      # model inputs: sampled frames, audio hop frames, or texts
 
 
 class Extractor(ABC):
@@ -40,6 +49,22 @@ class Extractor(ABC):
     @abstractmethod
     def extract(self, items: list[MediaItem]) -> list[FeatureRow]:
         """One row per item, in the same order. Per-item bad media gives a status row, never an exception."""
+
+    # The bare model, for the benchmark (features.bench): `extract` minus decoding and result assembly.
+
+    @abstractmethod
+    def model_inputs(self, items: list[MediaItem]) -> ModelInputs:
+        """The items' inputs, decoded and preprocessed as `extract` feeds them to the model (bad items
+        left out), ready for `bare_forward`."""
+
+    @abstractmethod
+    def bare_forward(self, inputs: ModelInputs) -> None:
+        """Run only the model on `inputs`, in the batches `extract` uses; the output is discarded."""
+
+    def decoded(self, items: list[MediaItem]) -> list:
+        """Each item's decoded media (what `extract`'s decoders produce), skipping bad media. For the
+        media extractors, which define `decode(path)`."""
+        return [r for r in (guarded(item, self.decode) for item in items) if not isinstance(r, FeatureRow)]
 
     def config_fingerprint(self) -> str:
         """sha256 of everything that decides the output besides the input: a cache key for shards."""

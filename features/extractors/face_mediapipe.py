@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from features.config import ExtractConfig
-from features.extractors.base import Extractor, MediaItem, guarded, status_row, versions
+from features.extractors.base import Extractor, MediaItem, ModelInputs, guarded, status_row, versions
 from features.extractors.decoding import prefetch
 from features.media import FrameSample, read_frames
 from features.store import FeatureRow, TableInfo
@@ -147,6 +147,19 @@ class FaceMediapipeExtractor(Extractor):
 
     def decode(self, path: Path) -> FrameSample:
         return read_frames(path, self.cfg.n_frames)
+
+    def model_inputs(self, items: list[MediaItem]) -> ModelInputs:
+        import mediapipe as mp
+
+        decoded = self.decoded(items)
+        images = [mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(f))
+                  for sample in decoded for f in sample.frames]
+        return ModelInputs(images, len(decoded), len(images))
+
+    def bare_forward(self, inputs: ModelInputs) -> None:
+        with self.landmarker() as lm:
+            for image in inputs.data:
+                lm.detect(image)
 
     @staticmethod
     def frame_vector(result) -> np.ndarray:

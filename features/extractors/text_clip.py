@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from features.config import ExtractConfig
-from features.extractors.base import Extractor, MediaItem, split_by_text, versions
+from features.extractors.base import Extractor, MediaItem, ModelInputs, split_by_text, versions
 from features.extractors.torch_utils import autocast, autocast_name, clip_embed_dim
 from features.store import FeatureRow, TableInfo
 from features.weights import load_clip
@@ -44,3 +44,17 @@ class TextClipExtractor(Extractor):
             for j, i in enumerate(idx):
                 rows[i] = FeatureRow(utterance_id=items[i].utterance_id, emb=emb[j])
         return rows
+
+    def model_inputs(self, items: list[MediaItem]) -> ModelInputs:
+        _, todo = split_by_text(items)
+        texts = [items[i].text.strip() for i in todo]
+        bs = self.cfg.batch_size
+        batches = [self.weights.tokenizer(texts[s:s + bs]).to(self.device) for s in range(0, len(texts), bs)]
+        return ModelInputs(batches, len(texts), len(texts))
+
+    def bare_forward(self, inputs: ModelInputs) -> None:
+        import torch
+
+        with torch.inference_mode(), autocast(self.device):
+            for tokens in inputs.data:
+                self.weights.model.encode_text(tokens)

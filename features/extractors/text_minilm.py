@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from features.config import ExtractConfig
-from features.extractors.base import Extractor, MediaItem, split_by_text, versions
+from features.extractors.base import Extractor, MediaItem, ModelInputs, split_by_text, versions
 from features.store import FeatureRow, TableInfo
 from features.weights import minilm_weights
 
@@ -42,3 +42,23 @@ class TextMiniLMExtractor(Extractor):
             for j, i in enumerate(todo):
                 rows[i] = FeatureRow(utterance_id=items[i].utterance_id, emb=emb[j])
         return rows
+
+    def model_inputs(self, items: list[MediaItem]) -> ModelInputs:
+        """Token batches as `encode` builds them: longest text first, `batch_size` at a time."""
+        _, todo = split_by_text(items)
+        texts = [items[i].text.strip() for i in todo]
+        texts = [texts[i] for i in np.argsort([-len(t) for t in texts])]
+        tokenize = getattr(self.model, "preprocess", None) or self.model.tokenize  # `tokenize`: deprecated in 6.x
+        batches = []
+        for start in range(0, len(texts), self.cfg.batch_size):
+            features = tokenize(texts[start:start + self.cfg.batch_size])
+            # Besides tensors, the tokenizer output may carry plain entries (e.g. which keys held text).
+            batches.append({k: v.to(self.device) if hasattr(v, "to") else v for k, v in features.items()})
+        return ModelInputs(batches, len(texts), len(texts))
+
+    def bare_forward(self, inputs: ModelInputs) -> None:
+        import torch
+
+        with torch.inference_mode():
+            for features in inputs.data:
+                self.model(features)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from features.config import ExtractConfig
-from features.extractors.base import Extractor, MediaItem, guarded, versions
+from features.extractors.base import Extractor, MediaItem, ModelInputs, guarded, versions
 from features.extractors.decoding import prefetch
 from features.extractors.torch_utils import autocast, autocast_name, clip_embed_dim
 from features.media import read_frames
@@ -114,6 +114,21 @@ class VisionClipExtractor(Extractor):
             with autocast(self.device):
                 emb = self.weights.model.encode_image(x)
         return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
+
+    def model_inputs(self, items: list[MediaItem]) -> ModelInputs:
+        """Every ok item's frames, fully preprocessed (normalised float on the device), in one tensor."""
+        import torch
+
+        decoded = self.decoded(items)
+        if not decoded:
+            return ModelInputs(None, 0, 0)
+        frames = self.normalize(torch.cat([self.as_tensor(x) for x, _, _ in decoded]).to(self.device))
+        return ModelInputs(frames, len(decoded), int(frames.shape[0]))
+
+    def bare_forward(self, inputs: ModelInputs) -> None:
+        bs = self.cfg.batch_size
+        for start in range(0, inputs.frames, bs):
+            self.forward(inputs.data[start:start + bs])
 
     def extract(self, items: list[MediaItem]) -> list[FeatureRow]:
         n, bs = self.cfg.n_frames, self.cfg.batch_size
