@@ -302,3 +302,24 @@ def test_trml_learns_the_label_from_the_one_modality_that_carries_it(tmp_path):
     assert res["test"]["r0.0"]["corr"] > 0.8
     # Without the modality that carries the label it can only guess: no better than the constant by much.
     assert res["test"]["miss_text"]["mae"] > 0.8 * constant
+
+
+def test_classification_gets_the_same_treatment(tmp_path):
+    """MELD-like: acc and wf1 over seeds, CIs, the headline file and the report, for a classification task."""
+    from trml.compare import compare
+    from trml.report import render_latex
+    root = write_fixture(tmp_path / "cls", task="classification")
+    mc = small_model(modalities={"text": "text_minilm", "vision": None, "audio": "audio_librosa", "face": None})
+    res = compare(DS, mc, small_train(epochs=1, early_stop_on="wf1"), EvaluateConfig(test_missing_rates=[0.0, 0.5],
+                  mask_draws=2), CompareConfig(variants=["trml", "zero_fill", "upper_bound"], seeds=[0, 1]), root,
+                  tmp_path / "models", tmp_path / "reports", tmp_path / "metrics", tmp_path / "plots")
+    assert res["headline"] == "wf1" and set(res["variants"]["trml"]["r0.0"]) == {"acc", "wf1"}
+    assert set(res["reference"]["upper_bound"]) == {"acc", "wf1"}
+    d = res["differences"]["zero_fill"]["rate_mean"]["wf1"]
+    assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    headline = json.loads((tmp_path / "metrics" / f"{DS}.json").read_text())
+    assert set(headline["trml"]) == {"acc_r0.0", "acc_r0.5", "acc_mean", "wf1_r0.0", "wf1_r0.5", "wf1_mean"}
+    assert set(headline["trml_minus_zero_fill"]) == {"wf1_mean", "ci95_lo", "ci95_hi"}
+    md = (tmp_path / "reports" / DS / "results.md").read_text()
+    assert md.startswith(f"# {DS}: wf1 (higher is better)") and "positive favours trml" in md
+    assert "\\begin{tabular}" in render_latex(res)
