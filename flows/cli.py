@@ -413,6 +413,14 @@ def one_line(exc: BaseException) -> str:
     return " | ".join(lines) or type(exc).__name__
 
 
+class HideUserErrorTracebacks(logging.Filter):
+    """Prefect logs an exception raised inside a flow or task run, with its traceback, before the CLI sees it;
+    for a user error (a WeightsError while the extractors load, say) the CLI's one line says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], _user_errors()))
+
+
 def configure_logging(verbose: bool) -> None:
     """Libraries log at WARNING (open_clip logs every step of model creation at INFO on the root logger);
     this project's own progress logs at INFO. Verbose (-v) shows everything, mediapipe's native start-up
@@ -421,6 +429,12 @@ def configure_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for package in ("trml", "features", "flows"):
         logging.getLogger(package).setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        for f in [f for f in logger.filters if isinstance(f, HideUserErrorTracebacks)]:
+            logger.removeFilter(f)
+        if not verbose:
+            logger.addFilter(HideUserErrorTracebacks())
 
 
 def main(argv: list[str] | None = None) -> int:

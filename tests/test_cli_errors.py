@@ -164,3 +164,18 @@ def test_verbose_shows_the_traceback(tmp_path):
     """-v is for debugging: the same mistake with its traceback."""
     proc = trml(["-v", "extract", "--dataset", "mine", "--feature-set", "text_minilm"], tmp_path)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "manifest not found" in proc.stderr
+
+
+def test_an_error_inside_the_extraction_flow_is_one_line(tmp_path):
+    """A WeightsError raised while the flow loads the extractors: Prefect's own traceback log is held back."""
+    import numpy as np
+
+    from features.media import write_clip
+    write_clip(tmp_path / "videos" / "a.mp4", np.zeros((5, 32, 32, 3), np.uint8), fps=5)
+    (tmp_path / "videos" / "a.txt").write_text("a sentence")
+    assert main(["index", "--layout", "folder", "--root", str(tmp_path / "videos"), "--dataset", "mine",
+                 "--data-dir", str(tmp_path / "data")]) == 0
+    (tmp_path / "mine.yaml").write_text("extract:\n  clip:\n    pretrained: /no/such/clip.pt\n")
+    proc = trml(["--params", "mine.yaml", "extract", "--dataset", "mine", "--feature-set", "text_clip"], tmp_path)
+    assert_one_line_error(proc.returncode, proc.stderr)
+    assert "extract.clip.pretrained" in proc.stderr and "/no/such/clip.pt" in proc.stderr
