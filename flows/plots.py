@@ -1,8 +1,9 @@
 """`trml plots`: DVC plots that render offline.
 
 `dvc plots show` writes HTML that loads vega from a CDN, which renders blank without internet.
-This builds an HTML template with vega, vega-lite and vega-embed inlined (installed from the npm
-registry once, into .cache/), then runs `dvc plots show --html-template` with it.
+This builds an HTML template with vega, vega-lite and vega-embed inlined, taken from the
+vl-convert-python package (a dependency, so nothing beyond the venv is needed), then runs
+`dvc plots show --html-template` with it.
 """
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import logging
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 log = logging.getLogger("flows.plots")
 
-# The majors DVC's vega templates are written for (dvc-render loads vega 5, vega-lite 5, vega-embed 6).
-NPM_PACKAGES = {"vega": "5.33.1", "vega-lite": "5.23.0", "vega-embed": "6.29.0"}
-BUNDLES = ("vega/build/vega.min.js", "vega-lite/build/vega-lite.min.js", "vega-embed/build/vega-embed.min.js")
+# DVC's plot templates are Vega-Lite v5 specs (dvc-render loads vega 5, vega-lite 5, vega-embed 6): take
+# the newest Vega-Lite 5 that vl-convert bundles (its Vega and vega-embed run v5 specs unchanged).
+VEGA_LITE = "5.21"
 
 PAGE = """<!DOCTYPE html>
 <html>
@@ -39,28 +41,23 @@ class PlotsError(RuntimeError):
 
 
 def offline_template(cache_dir: Path = Path(".cache/offline-plots")) -> Path:
-    """The HTML template with the three bundles inlined; built once, then reused."""
-    template = cache_dir / f"template-vega{NPM_PACKAGES['vega']}.html"
+    """The HTML template with vl-convert's vega/vega-lite/vega-embed bundle inlined; built once, then reused."""
+    version = metadata.version("vl-convert-python")
+    template = cache_dir / f"template-vl-convert{version}-vega-lite{VEGA_LITE}.html"
     if template.is_file():
         return template
-    modules = cache_dir / "npm" / "node_modules"
-    if not all((modules / b).is_file() for b in BUNDLES):
-        npm = shutil.which("npm")
-        if npm is None:
-            raise PlotsError("npm not found: it is needed once to fetch vega, vega-lite and vega-embed from the "
-                             "npm registry (apt-get install npm). The PNG plots under plots/ need nothing.")
-        log.info("installing %s from the npm registry into %s", NPM_PACKAGES, cache_dir / "npm")
-        specs = [f"{name}@{version}" for name, version in NPM_PACKAGES.items()]
-        proc = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--silent", "--prefix",
-                               str(cache_dir / "npm"), *specs], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise PlotsError(f"npm install {' '.join(specs)} failed:\n{proc.stderr[-2000:]}")
-    # "</script" inside a bundle would end the inline element early; escape it.
-    scripts = "\n".join(
-        "<script>\n" + (modules / b).read_text(encoding="utf-8").replace("</script", "<\\/script") + "\n</script>"
-        for b in BUNDLES)
+    import vl_convert
+
+    if VEGA_LITE not in vl_convert.get_vegalite_versions():   # it would abort the process, not raise
+        raise PlotsError(f"vl-convert-python {version} bundles Vega-Lite {vl_convert.get_vegalite_versions()}, "
+                         f"not {VEGA_LITE}: install the version pinned in constraints.txt")
+    # Sets window.vegaEmbed, window.vega and window.vegaLite, which DVC's plot divs call.
+    bundle = vl_convert.javascript_bundle(vl_version=VEGA_LITE)
+    # "</script" inside the bundle would end the inline element early; escape it.
+    script = "<script>\n" + bundle.replace("</script", "<\\/script") + "\n</script>"
+    cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = template.with_suffix(".tmp")
-    tmp.write_text(PAGE.format(inline_scripts=scripts), encoding="utf-8")
+    tmp.write_text(PAGE.format(inline_scripts=script), encoding="utf-8")
     tmp.replace(template)
     return template
 
