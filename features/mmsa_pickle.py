@@ -12,7 +12,6 @@ dicts, lists, tuples, strings, numbers and numpy arrays, and refuses anything el
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import pickle
@@ -22,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from features.adapters import Manifest, check_unique_ids
-from features.store import FeatureRow, TableInfo, read_metadata, rows_to_table, write_atomic
+from features.store import FeatureRow, TableInfo, read_metadata, rows_to_table, sha256_file, write_atomic
 
 SPLITS = ("train", "valid", "test")
 MODALITIES = {"text": "mmsa_text", "audio": "mmsa_audio", "vision": "mmsa_vision"}
@@ -79,7 +78,7 @@ def import_mmsa(pkl: Path, dataset: str, index_dir: Path = Path("data/index"),
                 features_dir: Path = Path("data/features")) -> dict:
     """Write data/index/<dataset>.parquet and data/features/<dataset>/mmsa_{text,audio,vision}.parquet."""
     data = load_pickle(pkl)
-    source_sha = hashlib.sha256(pkl.read_bytes()).hexdigest()
+    source_sha = sha256_file(pkl)
     manifest = Manifest(dataset, "mmsa_pickle", pkl.parent, "regression")
     rows: dict[str, list[FeatureRow]] = {m: [] for m in MODALITIES}
     dims: dict[str, int] = {}

@@ -46,8 +46,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from features.config import FEATURE_SETS, ExtractConfig
 from features.extractors import MediaItem, build_extractor, resolve_device
 from features.store import (FeatureRow, ManifestRow, TableInfo, assemble, media_items, read_manifest, rows_to_table,
-                            write_atomic)
-from features.weights import sha256_file
+                            sha256_file, write_atomic)
 
 log = logging.getLogger(__name__)
 
