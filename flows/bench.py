@@ -8,6 +8,10 @@
    read from the kernel (wait4's ru_maxrss: the largest of the process and the children it reaped).
    The peak summed over its live process tree (it includes Prefect's temporary API server) is polled too.
    Shards stream through the flow, so the peak should stay flat as the number of clips grows.
+3. Text at dataset scale (`python -m flows.bench texts`, run_text_bench): `trml extract` of one text feature
+   set on N generated sentences (a text-only MMSA dataset, 22,800 by default: CMU-MOSEI's size), in a
+   subprocess with an empty shard cache, against the bare model on the same texts, before and after it
+   in the same run.
 
 Everything is written to a temporary folder that is removed afterwards.
 """
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RSS_POLL_S = 0.2
 MEMORY_DATASET = "bench"
+MOSEI_TEXTS = 22_800          # about CMU-MOSEI's 22,788 transcripts
 
 
 def run_bench(params, sizes: list[int] | None, feature_sets: list[str] | None, out: Path | None) -> dict:
@@ -94,6 +99,85 @@ def make_dataset(params, size: int, work: Path) -> Path:
     return manifest
 
 
+def make_text_dataset(n_texts: int, work: Path, seed: int = 0) -> Path:
+    """n generated review sentences as a text-only MMSA dataset under work/raw (label.csv, no Raw/ media),
+    indexed; return the manifest path."""
+    import csv
+
+    import numpy as np
+
+    from features.adapters import index_dataset
+    from features.config import DatasetConfig
+    from features.sample import LABEL_COLUMNS, _sentence
+
+    rng = np.random.default_rng(seed)
+    raw = work / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    with open(raw / "label.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(LABEL_COLUMNS)
+        for i in range(n_texts):
+            label = round(float(rng.uniform(-3, 3)), 1)
+            split = "train" if i % 10 < 7 else "valid" if i % 10 < 9 else "test"
+            writer.writerow([f"v{i // 20:05d}", f"{i % 20}", _sentence(label, rng), label, label, label, label,
+                             "Positive" if label > 0 else "Negative" if label < 0 else "Neutral", split])
+    manifest = work / "data" / "index" / f"{MEMORY_DATASET}.parquet"
+    index_dataset(DatasetConfig(name=MEMORY_DATASET, layout="mmsa", root=raw), manifest)
+    return manifest
+
+
+def run_text_bench(params, n_texts: int = MOSEI_TEXTS, feature_set: str = "text_minilm",
+                   shard_sizes: list[int] | None = None, out: Path | None = None) -> dict:
+    """`trml extract --feature-set <feature_set>` on n generated texts against the bare model, in one run.
+
+    The extraction runs once per shard size (default: params extract.shard_size), each with an empty
+    shard cache. The bare model (the extractor's bare_forward on all texts, tokenised beforehand, in one
+    call: the fewest, fullest batches) runs just before and just after them; ratios use the faster of the
+    two. An extraction is everything a user waits for: process start, imports, Prefect's temporary
+    server, loading the model, the shards, writing the table.
+    """
+    from features.extractors import build_extractor, resolve_device
+
+    shard_sizes = shard_sizes or [params.extract.shard_size.of(feature_set)]
+    device = resolve_device(params.extract.device)
+    with tempfile.TemporaryDirectory(prefix="trml-bench-text-") as tmp:
+        work = Path(tmp)
+        manifest = make_text_dataset(n_texts, work, seed=params.sample.seed)
+        extractor = build_extractor(feature_set, params.extract, device=device)
+        try:
+            inputs = extractor.model_inputs(items_for(feature_set, manifest))
+            extractor.bare_forward(extractor.model_inputs(items_for(feature_set, manifest)[:256]))  # warm-up
+            bare = [_timed(extractor.bare_forward, inputs)]
+            print(f"{feature_set}: bare model on {n_texts} texts: {bare[0]:.1f} s", flush=True)
+            runs = []
+            for size in shard_sizes:
+                sizes = params.extract.shard_size.model_copy(update={feature_set: size})
+                sized = params.model_copy(update={"extract": params.extract.model_copy(update={"shard_size": sizes})})
+                runs.append({"shard_size": size, **measure_extract(sized, work / f"shards-{size}", [feature_set],
+                                                                   raw=work / "raw")})
+                print(f"{feature_set}: `trml extract` in shards of {size}: {runs[-1]['wall_s']:.1f} s", flush=True)
+            bare.append(_timed(extractor.bare_forward, inputs))
+        finally:
+            extractor.close()
+    for run in runs:
+        run["ratio"] = run["wall_s"] / min(bare)
+    report = {"machine": machine_info(device), "feature_set": feature_set, "texts": n_texts,
+              "embedded": inputs.items, "bare_s": bare, "extract": runs}
+    print(f"{feature_set}, {n_texts} texts: bare model {bare[0]:.1f} s / {bare[1]:.1f} s (before / after); "
+          + "; ".join(f"shards of {r['shard_size']}: {r['wall_s']:.1f} s, ratio {r['ratio']:.2f}" for r in runs),
+          flush=True)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _timed(fn, *args) -> float:
+    started = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - started
+
+
 def items_for(feature_set: str, manifest: Path) -> list:
     """The MediaItems the extraction flow would give this feature set."""
     from features.extractors import extractor_class
@@ -103,10 +187,17 @@ def items_for(feature_set: str, manifest: Path) -> list:
     return media_items(rows, root, uses_text=extractor_class(feature_set).modality == "text")
 
 
-def measure_extract(params, work: Path, feature_sets: list[str]) -> dict:
-    """Run `trml extract --all` on work/data in a subprocess; its wall time and peak RSS."""
+def measure_extract(params, work: Path, feature_sets: list[str], raw: Path | None = None) -> dict:
+    """Run `trml extract` of `feature_sets` on work/data in a subprocess; its wall time and peak RSS.
+    The raw dataset is work/raw unless given; the manifest is indexed there when absent."""
+    raw = raw or work / "raw"
+    manifest = work / "data" / "index" / f"{MEMORY_DATASET}.parquet"
+    if not manifest.is_file():
+        from features.adapters import index_dataset
+        from features.config import DatasetConfig
+        index_dataset(DatasetConfig(name=MEMORY_DATASET, layout="mmsa", root=raw), manifest)
     spec = params.model_dump(mode="json")
-    spec["datasets"] = {MEMORY_DATASET: {"layout": "mmsa", "root": str(work / "raw")}}
+    spec["datasets"] = {MEMORY_DATASET: {"layout": "mmsa", "root": str(raw)}}
     spec["feature_sets"] = feature_sets
     for ds in spec["datasets"].values():
         ds.pop("name", None)
@@ -187,3 +278,27 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m flows.bench texts [--n N] [--feature-set S] [--shard-size K] [--out FILE]`."""
+    import argparse
+
+    from flows.params import load_params
+
+    parser = argparse.ArgumentParser(prog="python -m flows.bench", description=run_text_bench.__doc__.split("\n")[0])
+    parser.add_argument("what", choices=["texts"])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--n", type=int, default=MOSEI_TEXTS, help="number of generated texts")
+    parser.add_argument("--feature-set", default="text_minilm", choices=["text_minilm", "text_clip"])
+    parser.add_argument("--shard-size", type=int, nargs="+", default=None,
+                        help="one extraction per size (default: params extract.shard_size)")
+    parser.add_argument("--out", default=None, help="write the result as JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    run_text_bench(load_params(args.params), args.n, args.feature_set, args.shard_size,
+                   Path(args.out) if args.out else None)
+
+
+if __name__ == "__main__":
+    main()

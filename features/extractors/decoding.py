@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Requests a DecoderProcess holds ahead of the caller. More than one clip, so that on a busy machine the
+# decoder can run ahead whenever it gets a core, instead of the caller waiting on each clip in turn;
+# a few clips of mono float32 audio are a few MB at most.
+DECODE_AHEAD = 4
+
 
 def prefetch(fn: Callable[[MediaItem], T], items: list[MediaItem], workers: int,
              lookahead: int) -> Iterator[tuple[int, T]]:
@@ -85,7 +90,7 @@ class DecoderProcess:
         self._requests = Connection(req_w, readable=False)
         self._replies = Connection(rep_r, writable=False)
 
-    def map(self, requests: list[tuple[str, str, dict]], depth: int = 2) -> Iterator[tuple]:
+    def map(self, requests: list[tuple[str, str, dict]], depth: int = DECODE_AHEAD) -> Iterator[tuple]:
         """The reply to each (kind, path, kwargs) request, in order. The process works on the next
         request while the caller handles a reply. EOFError or OSError: the process died while working
         on the oldest unanswered request."""
