@@ -48,12 +48,26 @@ class SampleConfig(Strict):
     sample_rate: int = Field(16_000, ge=8_000, le=48_000)
 
 
+HF_HUB_PREFIX = "hf-hub:"      # open_clip's model-id form: architecture and weights from one Hub repo
+
+
 class ClipConfig(Strict):
     """Which CLIP (shared by text_clip and vision_clip, so both live in one space)."""
-    model: str = "ViT-B-32"
-    # An open_clip pretrained tag (e.g. "openai"), a local checkpoint path, or null for random init.
-    pretrained: str | None = None
+    model: str = "ViT-B-32"        # an open_clip architecture, or hf-hub:<org>/<repo>
+    # An open_clip pretrained tag, a local checkpoint path, or null for random init (only when asked for).
+    # Left out, it is real weights: "openai" for an architecture, the repo's own for an hf-hub: model.
+    pretrained: str | None = "openai"
     seed: int = Field(0, description="seed of the random init when pretrained is null")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hub_model_brings_its_weights(cls, data):
+        # Only a pretrained the user left out: one written beside an hf-hub: model stays, and is refused
+        # by features.weights, rather than one of the two being ignored.
+        if isinstance(data, dict) and "pretrained" not in data and \
+                str(data.get("model", "")).startswith(HF_HUB_PREFIX):
+            data = {**data, "pretrained": None}
+        return data
 
 
 class TextClipConfig(Strict):

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from features.config import HF_HUB_PREFIX
 from features.store import sha256_file
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ _NO_NETWORK_FIX = (_LOCAL_FILE_FIX + ", or export HF_HUB_OFFLINE=1 to use only t
                    "and fail at once when the weights are not in it.")
 _NOT_CACHED_FIX = _LOCAL_FILE_FIX + ", or unset HF_HUB_OFFLINE on a machine that can reach the hub."
 
-HF_HUB_PREFIX = "hf-hub:"      # open_clip's model-id form: architecture and weights from one Hub repo
 # huggingface_hub retries a failed request 5 times with backoff, for each candidate file: without a network
 # a download takes ~47 s to fail (measured), longer where packets are dropped. One request with this
 # timeout, without retries, tells first whether the hub can be reached at all.
@@ -165,8 +165,10 @@ def _load_clip_tag(open_clip, model_name: str, tag: str):
         _require_reachable(cfg.get("url") if not cfg.get("hf_hub") else None,
                            f"CLIP weights {model_name}:{tag} (extract.clip.pretrained)")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=tag)
-        checkpoint = download_pretrained(cfg)        # now a cache hit: the file we just loaded
+        # The weights first, on their own: when the download fails, open_clip's model factory logs the
+        # error on the root logger before raising, a second line beside our one.
+        checkpoint = download_pretrained(cfg)
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=tag)  # a cache hit
     except Exception as exc:
         raise _download_failed(f"CLIP weights {model_name}:{tag} (extract.clip.pretrained)", exc) from exc
     sha = sha256_file(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
@@ -184,7 +186,7 @@ def _load_clip_hub(open_clip, model_name: str, pretrained: str | None):
                            "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K.")
     if pretrained is not None:   # open_clip would ignore it; say so rather than run something else
         raise WeightsError(f"extract.clip.pretrained is {pretrained!r}, but {what} takes its weights from that "
-                           "Hub repo. Set extract.clip.pretrained: null, or use a built-in model name.")
+                           "Hub repo. Leave extract.clip.pretrained out (or null), or use a built-in model name.")
     if not hub_offline():
         _require_reachable(None, what)
     try:

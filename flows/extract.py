@@ -351,6 +351,10 @@ def extract_dataset(params, dataset: str, feature_sets: list[str], runner: str |
     device = resolve_device(cfg.device)
     manifest = Path(data_dir) / "index" / f"{dataset}.parquet"
     read_manifest(manifest)  # fail before the Prefect API starts, with the fix in the message
+    for feature_set in feature_sets:
+        # Weights too (a WeightsError is one line in seconds, not after the API's start-up); cached per
+        # process, so the flow's loaded_extractor calls reuse these.
+        loaded_extractor(feature_set, cfg, device)
     run = extract_flow.with_options(task_runner=task_runner, flow_run_name=f"extract-{dataset}")
     return run(dataset=dataset, manifest_path=str(manifest),
                out_dir=str(Path(data_dir) / "features" / dataset), feature_sets=feature_sets,

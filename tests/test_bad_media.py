@@ -94,6 +94,7 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def cfg() -> ExtractConfig:
     return ExtractConfig.model_validate({
+        "clip": {"pretrained": None},                         # tests are offline: random init
         "decode_workers": 2,
         "vision_clip": {"n_frames": 4, "batch_size": 6},      # batches straddle clips
         "face_mediapipe": {"n_frames": 4},

@@ -62,7 +62,8 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def cfg() -> ExtractConfig:
-    return ExtractConfig.model_validate({"vision_clip": {"n_frames": 4, "batch_size": 3},
+    return ExtractConfig.model_validate({"clip": {"pretrained": None},       # tests are offline: random init
+                                         "vision_clip": {"n_frames": 4, "batch_size": 3},
                                          "face_mediapipe": {"n_frames": 4}})
 
 

@@ -90,7 +90,8 @@ def hub_cache(hf_home: Path, seed: int = 0) -> tuple[Path, object]:
 
 
 def folder_project(tmp_path: Path, clip: dict) -> Path:
-    """A project folder: a folder-layout dataset of two real clips with transcripts, its manifest, params."""
+    """A project folder: a folder-layout dataset of two real clips with transcripts, its manifest, params
+    whose extract.clip block is `clip` (keys left out take the built-in defaults)."""
     project = tmp_path / "project"
     raw = project / "raw"
     for name, text in (("a", "a quiet morning"), ("b", "what a loud day!")):
@@ -98,7 +99,7 @@ def folder_project(tmp_path: Path, clip: dict) -> Path:
         (raw / f"{name}.txt").write_text(text, encoding="utf-8")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["datasets"] = {"mine": {"layout": "folder", "root": "raw"}}
-    params["extract"]["clip"].update(clip)
+    params["extract"]["clip"] = clip
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = trml(["index", "--dataset", "mine"], project, env_without_offline())
     assert proc.returncode == 0, proc.stderr
@@ -112,7 +113,7 @@ def test_hf_hub_model_id_loads_the_repo_weights_through_open_clip(tmp_path):
 
     hf_home = tmp_path / "hf"
     weights, model = hub_cache(hf_home)
-    project = folder_project(tmp_path, {"model": f"hf-hub:{HUB_REPO}", "pretrained": None})
+    project = folder_project(tmp_path, {"model": f"hf-hub:{HUB_REPO}"})     # as a user writes it
     proc = trml(["extract", "--dataset", "mine", "--feature-set", "text_clip"], project,
                 env_without_offline(HF_HUB_OFFLINE="1", HF_HOME=str(hf_home)))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -133,7 +134,7 @@ def test_hf_hub_model_id_loads_the_repo_weights_through_open_clip(tmp_path):
 def offline_not_cached(tmp_path_factory) -> subprocess.CompletedProcess:
     """`trml extract` with an hf-hub model id that is in no cache, under HF_HUB_OFFLINE=1."""
     tmp_path = tmp_path_factory.mktemp("offline")
-    project = folder_project(tmp_path, {"model": "hf-hub:trml-tests/not-in-any-cache", "pretrained": None})
+    project = folder_project(tmp_path, {"model": "hf-hub:trml-tests/not-in-any-cache"})
     proc = trml(["extract", "--dataset", "mine", "--feature-set", "text_clip"], project,
                 env_without_offline(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "empty-hf")))
     assert not (project / "data/features/mine/text_clip.parquet").exists()
@@ -149,8 +150,6 @@ def test_hf_hub_offline_and_not_cached_ends_in_one_line_naming_the_key(offline_n
     assert "local checkpoint file" in last
 
 
-@pytest.mark.xfail(strict=True, reason="flows/extract.py builds the extractors inside the Prefect flow, so Prefect "
-                                       "logs the WeightsError with its traceback before the CLI's one line")
 def test_hf_hub_offline_and_not_cached_prints_no_traceback(offline_not_cached):
     assert "Traceback" not in offline_not_cached.stderr, offline_not_cached.stderr[-3000:]
 
@@ -176,6 +175,45 @@ def test_without_network_a_download_fails_in_one_line(tmp_path):
 def test_hf_hub_settings_that_cannot_work_are_named(model, pretrained, words):
     with pytest.raises(WeightsError, match=re.escape(words)):
         load_clip(model, pretrained)
+
+
+# ---------------------------------------------------------------- the built-in default is real weights
+
+def test_the_built_in_default_asks_for_real_weights():
+    from features.config import ClipConfig, ExtractConfig
+    from flows.params import Params
+
+    assert Params().extract.clip == ExtractConfig().clip == ClipConfig(model="ViT-B-32", pretrained="openai")
+    # An hf-hub: model brings its weights: the default tag does not apply to it ...
+    assert ClipConfig.model_validate({"model": "hf-hub:org/repo"}).pretrained is None
+    # ... but a tag written beside it is kept, and refused when loading, not silently dropped.
+    written = ClipConfig.model_validate({"model": "hf-hub:org/repo", "pretrained": "openai"})
+    with pytest.raises(WeightsError, match=re.escape("extract.clip.pretrained is 'openai'")):
+        load_clip(written.model, written.pretrained)
+
+
+def test_offline_outside_a_project_the_default_clip_is_a_one_line_error_not_random_init(tmp_path):
+    """`trml extract --feature-set text_clip` with no params.yaml and no weights in the cache: the default
+    asks for ViT-B-32:openai, so it fails naming the key, before the Prefect API starts; no table."""
+    from features.adapters import index_dataset
+    from features.config import DatasetConfig
+
+    work = tmp_path / "work"
+    tiny_mp4(work / "videos" / "a.mp4")
+    (work / "videos" / "a.txt").write_text("a sentence", encoding="utf-8")
+    assert not any((p / "params.yaml").exists() for p in [work, *work.parents])
+    index_dataset(DatasetConfig(name="mine", layout="folder", root=work / "videos"), work / "data/index/mine.parquet")
+    proc = trml(["extract", "--dataset", "mine", "--feature-set", "text_clip"], work,
+                env_without_offline(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "empty-hf"),
+                                    PREFECT_HOME=str(tmp_path / "prefect")))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: CLIP weights ViT-B-32:openai (extract.clip.pretrained): HF_HUB_OFFLINE=1 and "
+                           "the weights are not in the local Hugging Face cache. Fix: "), line
+    assert "local checkpoint file" in line
+    assert not (work / "data/features/mine/text_clip.parquet").exists()
+    # Before the Prefect API started (it would have created its database in PREFECT_HOME).
+    assert not list((tmp_path / "prefect").glob("*.db")), "the Prefect API started before the weights were checked"
 
 
 # ---------------------------------------------------------------- a local checkpoint is a DVC dependency
