@@ -31,3 +31,21 @@ def test_bench_reports_throughput_ratio_and_peak_memory(tmp_path, capsys):
     assert report["machine"]["cpu_count"] >= 1
     printed = capsys.readouterr().out
     assert "ratio" in printed and "peak RSS" in printed
+
+
+def test_text_bench_times_trml_extract_per_shard_size_against_the_bare_model(tmp_path, capsys):
+    from flows.bench import run_text_bench
+
+    params = Params.model_validate({"datasets": {"sample": {"layout": "mmsa"}}, "extract": {"device": "cpu"}})
+    out = tmp_path / "texts.json"
+    report = run_text_bench(params, n_texts=40, shard_sizes=[8, 64], out=out)
+
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["texts"] == 40 and report["embedded"] == 40 and report["feature_set"] == "text_minilm"
+    assert len(report["bare_s"]) == 2 and min(report["bare_s"]) > 0
+    assert [r["shard_size"] for r in report["extract"]] == [8, 64]
+    for run in report["extract"]:
+        assert run["wall_s"] > min(report["bare_s"])            # a whole process against the model alone
+        assert run["ratio"] == run["wall_s"] / min(report["bare_s"])
+        assert run["feature_sets"] == ["text_minilm"]
+    assert "shards of 8" in capsys.readouterr().out
