@@ -5,23 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from features.store import FeatureRow, TableInfo, rows_to_table, write_atomic
 from tests.conftest import ROOT
-from tests.test_trml import DS, small_model, small_train, write_fixture
+from tests.test_trml import DS, one_thread, small_model, small_train, write_fixture  # noqa: F401 (one_thread: autouse)
 from trml.config import CompareConfig, EvaluateConfig, ModelConfig
 from trml.metrics import CLASSIFICATION_KEYS, REGRESSION_KEYS, compute_metrics, metric_rows
 from trml.stats import PairedBootstrap, paired_difference, seed_values, summarize
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- statistics on known cases
