@@ -136,6 +136,9 @@ def test_face_param_reruns_only_face_extraction_and_downstream(project):
 
 
 def test_experiments_show_params_and_metrics(project):
+    # As after `make demo`: the run's dvc.lock is committed (the README says so), then experiments start.
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "demo run"], project)
     run(["dvc", "exp", "run", "-n", "alpha-0", "-S", "train.alpha=0.0"], project)
     run(["dvc", "exp", "run", "-n", "alpha-1", "-S", "train.alpha=1.0"], project)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
