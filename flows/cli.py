@@ -214,9 +214,9 @@ def cmd_show_metrics(args) -> int:
         raise SystemExit(f"error: no metrics in {metrics_dir}/ yet; run `dvc repro` (or `trml compare`) first")
     for f in files:
         print(f"== {f}")
-        for group, values in json.loads(f.read_text()).items():
-            print(f"  {group}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, (int, float)) else f"{k} -"
-                                            for k, v in values.items()))
+        headline = json.loads(f.read_text())            # flat: {"mae_r0.0": 0.61, ..., "vs_zf_hi": 0.01}
+        print("  " + "  ".join(f"{k} {v:.4f}" if isinstance(v, (int, float)) else f"{k} -"
+                               for k, v in headline.items()))
         table = reports_dir / f.stem / "results.md"
         if table.is_file():
             print()

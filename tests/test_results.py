@@ -315,3 +315,18 @@ def test_classification_gets_the_same_treatment(tmp_path):
     md = (tmp_path / "reports" / DS / "results.md").read_text()
     assert md.startswith(f"# {DS}: wf1 (higher is better)") and "positive favours trml" in md
     assert "\\begin{tabular}" in render_latex(res)
+
+
+def test_show_metrics_prints_the_headline_and_the_results_table(tmp_path, capsys):
+    """What `make demo` ends with: the headline numbers of each dataset, then its results table."""
+    from flows.cli import main
+    from trml.compare import headline
+    rates = ["r0.0", "r0.7"]
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "toy.json").write_text(json.dumps(headline(_fake_results("regression", rates), rates)))
+    (tmp_path / "reports" / "toy").mkdir(parents=True)
+    (tmp_path / "reports" / "toy" / "results.md").write_text("# toy: mae table\n")
+    assert main(["show-metrics", "--metrics-dir", str(tmp_path / "metrics"),
+                 "--reports-dir", str(tmp_path / "reports")]) == 0
+    out = capsys.readouterr().out
+    assert "mae_r0.0 0.5000" in out and "vs_zf_lo -0.0200" in out and "# toy: mae table" in out
