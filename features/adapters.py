@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from common.errors import UserError
 from features.config import DatasetConfig
 from features.store import write_atomic
 
@@ -48,7 +49,7 @@ MELD_COLUMNS = ("Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "
 LABEL_RANGE = (-3.0, 3.0)
 
 
-class AdapterError(ValueError):
+class AdapterError(UserError, ValueError):
     """The raw data is malformed: the message names the file, the row and the fix."""
 
 

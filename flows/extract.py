@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -43,10 +43,15 @@ from prefect.futures import as_completed
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from common.device import resolve_device
+from common.errors import UserError
+from common.files import sha256_file, write_text_atomic
+from common.layout import DATA_DIR, features_dir, manifest_path
 from features.config import FEATURE_SETS, ExtractConfig
-from features.extractors import MediaItem, build_extractor, resolve_device
-from features.store import (FeatureRow, ManifestRow, TableInfo, assemble, media_items, read_manifest, rows_to_table,
-                            sha256_file, write_atomic)
+from features.extractors import MediaItem, build_extractor, extractor_class
+from features.extractors.base import versions
+from features.store import (FeatureRow, ManifestError, ManifestRow, TableInfo, assemble, media_items, read_manifest,
+                            rows_to_table, write_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +64,7 @@ CACHE_NAMESPACE = "trml-extract"           # sub-folder of Prefect's local stora
 PROGRESS_LOG_EVERY_S = 5.0
 
 
-class ExtractionError(RuntimeError):
+class ExtractionError(UserError):
     """Extraction could not produce a complete table; the message names the dataset, set and shard."""
 
 
@@ -78,14 +83,14 @@ def media_identity(path: Path) -> str:
     return f"stat:{st.st_size}:{st.st_mtime_ns}"
 
 
-def code_fingerprint(extractor: object) -> str:
-    """Hash of the source of every `features.*` module the extractor's class reaches through its imports.
+def code_fingerprint(extractor_cls: type) -> str:
+    """Hash of the source of every `features.*` module the extractor class reaches through its imports.
 
     An edit there invalidates the cache even when nobody bumped extractor_version: DVC re-runs the stage
     on a code change, and a stale cache would then silently hand back the old features.
     """
     files: dict[str, str] = {}
-    todo = [sys.modules[cls.__module__] for cls in type(extractor).__mro__ if cls.__module__ in sys.modules]
+    todo = [sys.modules[cls.__module__] for cls in extractor_cls.__mro__ if cls.__module__ in sys.modules]
     while todo:
         module = todo.pop()
         name = module.__name__
@@ -131,7 +136,11 @@ _extractors_lock = threading.Lock()
 
 def loaded_extractor(feature_set: str, cfg: ExtractConfig, device: str):
     """The process's extractor for (feature_set, device), built on first use and rebuilt only when the
-    config changes (one instance per set bounds memory in long-lived processes such as Dask workers)."""
+    config changes (one instance per set bounds memory in long-lived processes such as Dask workers).
+
+    Only a shard that is computed asks for it: the thread runner's workers share the one build of their
+    process (each extractor's lock serialises its calls), and each Dask worker process builds its own once.
+    A run whose shards are all cached never builds one."""
     cfg_json = cfg.model_dump_json()
     with _extractors_lock:
         cached = _extractors.get((feature_set, device))
@@ -142,6 +151,49 @@ def loaded_extractor(feature_set: str, cfg: ExtractConfig, device: str):
             cached = (cfg_json, extractor, threading.Lock())
             _extractors[(feature_set, device)] = cached
         return cached[1], cached[2]
+
+
+# ---------------------------------------------------------------- a table's description, without a model
+
+# The libraries whose versions an extractor records (and whose floats they shape): part of the key below.
+EXTRACTOR_LIBRARIES = ("torch", "transformers", "sentence-transformers", "open_clip_torch", "av", "librosa",
+                       "numpy", "mediapipe")
+_identities: dict[tuple[str, str], dict] = {}
+
+
+def weights_identity(feature_set: str, cfg: ExtractConfig) -> dict:
+    """The set's weights, found and checked without building its model (once per process and settings):
+    a missing or offline weight fails here, in one line, before any work."""
+    key = (feature_set, cfg.model_dump_json())
+    if key not in _identities:
+        _identities[key] = extractor_class(feature_set).weights_identity(cfg)
+    return _identities[key]
+
+
+def describe_table(feature_set: str, cfg: ExtractConfig, device: str) -> tuple[TableInfo, str]:
+    """(the table's metadata, the shards' config fingerprint) for `feature_set`.
+
+    Both come from the built extractor the first time. They are then kept in a small record under the cache
+    folder, keyed by everything they depend on: the settings, the device, the weights' identity, the source
+    of the extractor's modules and the versions of the libraries. A later run reads the record instead, so
+    a run whose shards are all cached loads no model.
+    """
+    cls = extractor_class(feature_set)
+    key = hashlib.sha256(json.dumps(
+        [CACHE_KEY_VERSION, feature_set, cfg.model_dump(mode="json"), device, weights_identity(feature_set, cfg),
+         code_fingerprint(cls), versions(*EXTRACTOR_LIBRARIES)], sort_keys=True, default=str).encode()).hexdigest()
+    record = cache_dir() / CACHE_NAMESPACE / "tables" / f"{feature_set}-{key}.json"
+    if record.is_file():
+        try:
+            saved = json.loads(record.read_text())
+            return TableInfo(**saved["info"]), saved["fingerprint"]
+        except (ValueError, KeyError, TypeError):       # unreadable: describe it anew, below
+            log.warning("%s: ignoring unreadable table description %s", feature_set, record)
+    extractor, _ = loaded_extractor(feature_set, cfg, device)
+    info = extractor.info()
+    fingerprint = hashlib.sha256(f"{extractor.config_fingerprint()}\0{code_fingerprint(cls)}".encode()).hexdigest()
+    write_text_atomic(json.dumps({"info": asdict(info), "fingerprint": fingerprint}, default=str), record)
+    return info, fingerprint
 
 
 # ---------------------------------------------------------------- the shard task
@@ -204,11 +256,8 @@ class SetReport:
 
 def plan_feature_set(feature_set: str, root: Path, rows: list[ManifestRow], cfg: ExtractConfig,
                      device: str, out_dir: Path) -> SetPlan:
-    extractor, _ = loaded_extractor(feature_set, cfg, device)
-    info = extractor.info()
+    info, fingerprint = describe_table(feature_set, cfg, device)
     uses_text = info.modality == "text"
-    fingerprint = hashlib.sha256(
-        f"{extractor.config_fingerprint()}\0{code_fingerprint(extractor)}".encode()).hexdigest()
     shards, size = [], cfg.shard_size.of(feature_set)
     for start in range(0, len(rows), size):
         chunk = rows[start:start + size]
@@ -340,24 +389,31 @@ def make_task_runner(runner: str, dask_address: str | None, max_workers: int):
 
 
 def extract_dataset(params, dataset: str, feature_sets: list[str], runner: str | None = None,
-                    dask_address: str | None = None, data_dir: Path = Path("data")) -> list[SetReport]:
+                    dask_address: str | None = None, data_dir: Path = DATA_DIR) -> list[SetReport]:
     """Run the flow for `dataset`'s manifest under `data_dir` and report what each feature set did."""
     unknown = [fs for fs in feature_sets if fs not in FEATURE_SETS]
     if unknown or not feature_sets:
         raise ExtractionError(f"feature sets {unknown or feature_sets!r} not known; choose from {list(FEATURE_SETS)}")
     feature_sets = list(dict.fromkeys(feature_sets))
+    if dataset in params.mmsa_pickles:
+        params.dataset(dataset)                # refuses it, with the reason (no raw media)
     cfg: ExtractConfig = params.extract
+    device = resolve_device(cfg.device, "extract.device")   # a settings error first, before any data is looked for
     task_runner = make_task_runner(runner or cfg.runner, dask_address or cfg.dask_address, cfg.max_workers)
-    device = resolve_device(cfg.device)
-    manifest = Path(data_dir) / "index" / f"{dataset}.parquet"
+    # The dataset needs no params entry: its manifest (from `trml index`) records the raw root and layout.
+    manifest = manifest_path(data_dir, dataset)
+    if not manifest.is_file():
+        how = f"--dataset {dataset}" if dataset in params.datasets else f"--layout folder --root DIR --dataset {dataset}"
+        raise ManifestError(f"{manifest}: manifest not found; run `trml index {how}` first"
+                            + (f" (with --data-dir {data_dir})" if Path(data_dir) != DATA_DIR else ""))
     read_manifest(manifest)  # fail before the Prefect API starts, with the fix in the message
     for feature_set in feature_sets:
-        # Weights too (a WeightsError is one line in seconds, not after the API's start-up); cached per
-        # process, so the flow's loaded_extractor calls reuse these.
-        loaded_extractor(feature_set, cfg, device)
+        # Weights too: a WeightsError is one line in seconds, before the API's start-up, and no model is
+        # built for it (the flow builds one only for a shard it computes).
+        weights_identity(feature_set, cfg)
     run = extract_flow.with_options(task_runner=task_runner, flow_run_name=f"extract-{dataset}")
     return run(dataset=dataset, manifest_path=str(manifest),
-               out_dir=str(Path(data_dir) / "features" / dataset), feature_sets=feature_sets,
+               out_dir=str(features_dir(data_dir, dataset)), feature_sets=feature_sets,
                extract_cfg=cfg, device=device)
 
 

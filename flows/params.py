@@ -7,7 +7,9 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from features.config import FEATURE_SETS, DatasetConfig, ExtractConfig, FeatureSet, SampleConfig, Strict
+from common.config import Strict
+from common.errors import ParamsError
+from features.config import FEATURE_SETS, DatasetConfig, ExtractConfig, FeatureSet, SampleConfig
 from trml.config import CompareConfig, EvaluateConfig, ModalitiesConfig, ModelConfig, TrainConfig
 
 
@@ -108,6 +110,38 @@ class Params(Strict):
         raise ParamsError(f"dataset {name!r} is not in params.yaml ({self.known_datasets()}); add a block "
                           f"for it under `datasets:` (raw media) or `mmsa_pickles:` (an MMSA feature pickle)")
 
+    def dataset_to_index(self, name: str, layout: str | None = None, root: str | None = None,
+                         task: str | None = None, where: str = "params.yaml") -> DatasetConfig:
+        """The dataset `trml index` reads: datasets.<name>, or a new one from --layout and --root (with
+        datasets.<name>'s other settings when it exists); --task overrides the task either way."""
+        if layout is None and root is None:
+            if name not in self.datasets and name not in self.mmsa_pickles:
+                raise ParamsError(f"dataset {name!r}: {where}, so give --layout and --root (e.g. `trml index "
+                                  f"--layout folder --root ~/videos --dataset {name}`), or add it under "
+                                  f"`datasets:` in params.yaml")
+            ds = self.dataset(name)
+            return ds if task is None else ds.model_copy(update={"task": task})
+        if layout is None or root is None:
+            raise ParamsError(f"give both --layout and --root, or neither (then params.yaml's datasets entry "
+                              f"{name!r} is used)")
+        base = self.datasets[name].model_dump() if name in self.datasets else {}
+        base.update(name=name, layout=layout, root=root)
+        if task:
+            base["task"] = task
+        try:
+            return DatasetConfig.model_validate(base)
+        except ValidationError as exc:
+            raise ParamsError(format_validation_error(Path("--layout/--root"), exc)) from None
+
+    def with_option(self, section: str, key: str, value) -> "Params":
+        """These params with `section.key` set from a command-line option, validated like params.yaml."""
+        block = getattr(self, section)
+        try:
+            new = type(block).model_validate({**block.model_dump(), key: value})
+        except ValidationError as exc:
+            raise ParamsError(f"--{key.replace('_', '-')} {value}: {exc.errors()[0]['msg']}") from None
+        return self.model_copy(update={section: new})
+
     def model_for(self, name: str) -> ModelConfig:
         """`model` as training on dataset `name` uses it: an MMSA pickle brings its own `modalities`."""
         if name in self.mmsa_pickles:
@@ -117,10 +151,6 @@ class Params(Strict):
             return self.model
         raise ParamsError(f"dataset {name!r} is not in params.yaml ({self.known_datasets()}); add a block "
                           f"for it under `datasets:` (raw media) or `mmsa_pickles:` (an MMSA feature pickle)")
-
-
-class ParamsError(ValueError):
-    """params.yaml is malformed: the message names the key, the value and what is allowed."""
 
 
 PARAMS_FILE = Path("params.yaml")

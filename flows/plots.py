@@ -14,6 +14,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from common.errors import UserError
+from common.files import write_text_atomic
+
 log = logging.getLogger("flows.plots")
 
 # DVC's plot templates are Vega-Lite v5 specs (dvc-render loads vega 5, vega-lite 5, vega-embed 6): take
@@ -36,7 +39,7 @@ PAGE = """<!DOCTYPE html>
 """
 
 
-class PlotsError(RuntimeError):
+class PlotsError(UserError):
     pass
 
 
@@ -55,10 +58,7 @@ def offline_template(cache_dir: Path = Path(".cache/offline-plots")) -> Path:
     bundle = vl_convert.javascript_bundle(vl_version=VEGA_LITE)
     # "</script" inside the bundle would end the inline element early; escape it.
     script = "<script>\n" + bundle.replace("</script", "<\\/script") + "\n</script>"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = template.with_suffix(".tmp")
-    tmp.write_text(PAGE.format(inline_scripts=script), encoding="utf-8")
-    tmp.replace(template)
+    write_text_atomic(PAGE.format(inline_scripts=script), template)
     return template
 
 

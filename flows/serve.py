@@ -20,6 +20,7 @@ from flows import runtime  # noqa: F401  (offline/quiet Prefect settings; must c
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,6 +36,7 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import EntrypointType
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
+from common.errors import UserError
 from features.config import FEATURE_SETS, DatasetConfig
 
 log = logging.getLogger(__name__)
@@ -74,16 +76,16 @@ def serve(params, root: Path, dataset: str, cron: str, feature_sets: list[str] |
     interrupted (Ctrl-C)."""
     root = Path(root).resolve()
     if not root.is_dir():
-        raise SystemExit(f"error: --root {root} is not a folder of videos")
+        raise UserError(f"--root {root} is not a folder of videos")
     feature_sets = list(feature_sets or params.feature_sets)
     unknown = [fs for fs in feature_sets if fs not in FEATURE_SETS]
     if unknown:
-        raise SystemExit(f"error: unknown feature set(s) {unknown}; choose from {list(FEATURE_SETS)}")
+        raise UserError(f"unknown feature set(s) {unknown}; choose from {list(FEATURE_SETS)}")
     folder_dataset(params, root, dataset)      # validate the name now, not at 3 a.m.
     try:
         CronSchedule(cron=cron)
     except ValueError as exc:
-        raise SystemExit(f"error: --cron {cron!r} is not a valid cron expression: {exc}") from None
+        raise UserError(f"--cron {cron!r} is not a valid cron expression: {exc}") from None
 
     with ExitStack() as stack:
         api_url = PREFECT_API_URL.value()
@@ -101,6 +103,20 @@ def serve(params, root: Path, dataset: str, cron: str, feature_sets: list[str] |
             entrypoint_type=EntrypointType.MODULE_PATH,
             description=f"Index {root} (folder layout) and extract {', '.join(feature_sets)} on cron {cron!r}.")
         prefect_serve(deployment, limit=1)  # one run at a time: a slow run never overlaps the next
+
+
+def run_with_server(command: list[str]) -> int:
+    """Run `command` with one Prefect API for every flow it starts: the server at PREFECT_API_URL when one
+    is set, else a temporary `prefect server start` for the command's duration. Without it, each process
+    that runs a flow starts (and stops) Prefect's own temporary server, several seconds each: the demo's
+    `dvc repro` runs five extraction processes. Returns the command's exit code."""
+    if not command:
+        raise UserError("give the command to run, e.g. `trml with-prefect -- dvc repro`")
+    if shutil.which(command[0]) is None:      # before a server is started for nothing
+        raise UserError(f"{command[0]}: command not found (trml with-prefect runs it with one Prefect server)")
+    with ExitStack() as stack:
+        api_url = os.environ.get("PREFECT_API_URL") or stack.enter_context(temporary_prefect_server())
+        return subprocess.run(command, env={**os.environ, "PREFECT_API_URL": api_url}).returncode
 
 
 def free_port() -> int:

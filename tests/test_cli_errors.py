@@ -7,6 +7,7 @@ console script, where logging and stderr are exactly what a user sees.
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 from pathlib import Path
 
@@ -50,10 +51,15 @@ EMPTY_FOLDER = [
     ("bench", ["bench", "--feature-set", "text_bert"]),
     ("serve", ["serve", "--root", "no_such_folder", "--dataset", "mine"]),
     ("import-mmsa", ["import-mmsa", "absent.pkl", "--dataset", "mine"]),
-    ("import-mmsa", ["import-mmsa", "not_a.pkl", "--dataset", "mine"]),
+    ("import-mmsa", ["import-mmsa", "not_a.pkl", "--dataset", "mine"]),         # a text file
+    ("import-mmsa", ["import-mmsa", "empty.pkl", "--dataset", "mine"]),         # zero bytes: EOFError inside
+    ("import-mmsa", ["import-mmsa", "truncated.pkl", "--dataset", "mine"]),     # a real pickle, cut short
+    ("import-mmsa", ["import-mmsa", "no_split.pkl", "--dataset", "mine"]),      # a dict, but not MMSA's
     ("export-mmsa", ["export-mmsa", "--dataset", "mine", "--out", "mine.pkl"]),
     ("plots", ["plots"]),
     ("show-metrics", ["show-metrics"]),
+    ("with-prefect", ["with-prefect"]),                                 # no command to run
+    ("with-prefect", ["with-prefect", "--", "no-such-command-here"]),
 ]
 
 # (subcommand, argv) run in a project (the repository's params.yaml, plus an imported MMSA pickle `mm`)
@@ -102,6 +108,11 @@ def test_the_cases_cover_every_subcommand():
 def test_in_an_empty_folder(name, argv, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "not_a.pkl").write_bytes(b"this is not a pickle")
+    (tmp_path / "empty.pkl").write_bytes(b"")
+    write_mmsa_pickle(tmp_path / "whole.pkl")
+    whole = (tmp_path / "whole.pkl").read_bytes()
+    (tmp_path / "truncated.pkl").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "no_split.pkl").write_bytes(pickle.dumps({"train": {"id": ["a"]}}))
     code, err = run_main(argv, capsys)
     assert_one_line_error(code, err)
     assert not (tmp_path / "data").exists()       # a mistake writes nothing
@@ -118,7 +129,7 @@ def project(tmp_path_factory) -> Path:
     (path / "bad.yaml").write_text(yaml.safe_dump(bad))
     write_mmsa_pickle(path / "mm.pkl")
     assert main(["--params", str(path / "params.yaml"), "import-mmsa", str(path / "mm.pkl"), "--dataset", "mm",
-                 "--index-dir", str(path / "data/index"), "--features-dir", str(path / "data/features")]) == 0
+                 "--data-dir", str(path / "data")]) == 0
     return path
 
 
@@ -179,3 +190,48 @@ def test_an_error_inside_the_extraction_flow_is_one_line(tmp_path):
     proc = trml(["--params", "mine.yaml", "extract", "--dataset", "mine", "--feature-set", "text_clip"], tmp_path)
     assert_one_line_error(proc.returncode, proc.stderr)
     assert "extract.clip.pretrained" in proc.stderr and "/no/such/clip.pt" in proc.stderr
+
+
+def test_import_mmsa_of_bad_files_names_the_file_and_the_fix(tmp_path, monkeypatch, capsys):
+    """The empty, truncated and text files of the issue: one line each, naming the file and what is wrong."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.pkl").write_bytes(b"")
+    write_mmsa_pickle(tmp_path / "whole.pkl")
+    whole = (tmp_path / "whole.pkl").read_bytes()
+    (tmp_path / "truncated.pkl").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "notes.pkl").write_text("id,label\nvid0/0,1.2\n")
+    for name, says in [("empty.pkl", "is empty"), ("truncated.pkl", "truncated"), ("notes.pkl", "not a pickle")]:
+        code, err = run_main(["import-mmsa", name, "--dataset", "mine"], capsys)
+        assert_one_line_error(code, err)
+        assert name in err and says in err, err
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_bad_checkpoint_is_one_line(project, monkeypatch, capsys):
+    """A checkpoint of another format, or not a checkpoint at all: one line naming it and saying retrain."""
+    import torch
+
+    monkeypatch.chdir(project)
+    best = project / "models" / "mm" / "trml" / "best.pt"
+    best.parent.mkdir(parents=True)
+    try:
+        for content in ({"format": 0}, b"not a checkpoint"):
+            if isinstance(content, bytes):
+                best.write_bytes(content)
+            else:
+                torch.save(content, best)
+            capsys.readouterr()
+            code, err = run_main(["evaluate", "--dataset", "mm"], capsys)
+            assert_one_line_error(code, err)
+            assert str(best.relative_to(project)) in err and "retrain" in err, err
+    finally:
+        best.unlink()
+
+
+def test_every_user_error_exits_with_one_code(tmp_path, monkeypatch, capsys):
+    """Usage errors (argparse) and user errors (UserError) exit 2; there is no second code."""
+    from common.errors import USER_ERROR_EXIT
+
+    monkeypatch.chdir(tmp_path)
+    codes = {run_main(argv, capsys)[0] for _, argv in EMPTY_FOLDER}
+    assert codes == {USER_ERROR_EXIT} == {2}

@@ -16,8 +16,9 @@ import pytest
 from skimage.data import astronaut
 from skimage.transform import resize, rotate
 
+from common.device import DeviceUnavailableError, resolve_device
 from features.config import ExtractConfig
-from features.extractors import MediaItem, build_extractor, resolve_device
+from features.extractors import MediaItem, build_extractor
 from features.media import probe, read_audio, read_frames, sample_frames, write_clip
 from features.store import read_metadata, rows_to_table, write_atomic
 from features.weights import (FACE_LANDMARKER_SHA256, WeightsError, face_landmarker_path, load_clip,
@@ -184,14 +185,14 @@ def test_random_init_is_the_same_in_a_fresh_process():
 def test_resolve_device(monkeypatch):
     import torch
 
-    from features.extractors.torch_utils import DeviceUnavailableError
-
-    assert resolve_device("cpu") == "cpu"
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu", "extract.device") == "cpu"
+    assert resolve_device("auto", "extract.device") == ("cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)     # a machine without CUDA, even on a GPU box
-    assert resolve_device("auto") == "cpu"
-    with pytest.raises(DeviceUnavailableError, match=r"extract\.device is 'cuda' but torch sees no GPU.*'auto' or 'cpu'"):
-        resolve_device("cuda")
+    assert resolve_device("auto", "extract.device") == "cpu"
+    with pytest.raises(DeviceUnavailableError, match=r"extract\.device is 'cuda' but torch sees no CUDA.*'auto' or 'cpu'"):
+        resolve_device("cuda", "extract.device")
+    with pytest.raises(DeviceUnavailableError, match=r"extract\.device must be one of auto, cpu, cuda, got 'tpu'"):
+        resolve_device("tpu", "extract.device")
 
 
 # ------------------------------------------------------------------ text

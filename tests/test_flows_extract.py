@@ -121,6 +121,29 @@ def test_rerun_recomputes_nothing_and_writes_identical_bytes(workspace, sample):
     assert count_cached_task_runs() == cached_before + 6
 
 
+def test_a_run_whose_shards_are_all_cached_loads_no_model(workspace, sample, monkeypatch):
+    """The second run of the same extraction, in a fresh process (no extractor kept): no extractor is built,
+    and the tables are the same bytes. A weight that has gone missing since still fails first, in one line."""
+    import flows.extract as extract
+    from features.weights import WeightsError
+
+    params = make_params(sample)
+    extract_dataset(params, DATASET, SETS, data_dir=workspace)
+    out = workspace / "features" / DATASET
+    first = {fs: (out / f"{fs}.parquet").read_bytes() for fs in SETS}
+    monkeypatch.setattr(extract, "_extractors", {})           # as a new process starts
+    monkeypatch.setattr(extract, "_identities", {})
+    built = []
+    monkeypatch.setattr(extract, "build_extractor", lambda *a, **k: built.append(a) or pytest.fail("built a model"))
+    reports = by_set(extract_dataset(params, DATASET, SETS, data_dir=workspace))
+    assert built == [] and all((r.computed, r.cached) == (0, 3) for r in reports.values())
+    assert {fs: (out / f"{fs}.parquet").read_bytes() for fs in SETS} == first
+    gone = make_params(sample, text_minilm={"model_path": str(workspace / "no-such-minilm")})
+    with pytest.raises(WeightsError, match="no-such-minilm.*extract.text_minilm.model_path"):
+        extract_dataset(gone, DATASET, SETS, data_dir=workspace)
+    assert built == []
+
+
 def test_changing_one_extractors_params_recomputes_only_that_set(workspace, sample):
     extract_dataset(make_params(sample), DATASET, SETS, data_dir=workspace)
     changed = make_params(sample, audio_librosa={"n_mfcc": 13})

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from common.errors import UserError
 from flows.params import Params
 from flows.serve import free_port, serve, stop_process_group, wait_for_api
 from tests.conftest import ROOT
@@ -121,9 +122,41 @@ def test_serve_without_an_api_url_starts_its_own_local_server(served_folder):
 
 def test_serve_checks_its_arguments_before_starting_anything(tmp_path):
     params = Params.model_validate({"datasets": {"sample": {"layout": "mmsa"}}})
-    with pytest.raises(SystemExit, match="is not a folder of videos"):
+    with pytest.raises(UserError, match="is not a folder of videos"):
         serve(params, tmp_path / "nowhere", "mine", "* * * * *", None)
-    with pytest.raises(SystemExit, match="not a valid cron expression"):
+    with pytest.raises(UserError, match="not a valid cron expression"):
         serve(params, tmp_path, "mine", "every minute please", None)
-    with pytest.raises(SystemExit, match="unknown feature set"):
+    with pytest.raises(UserError, match="unknown feature set"):
         serve(params, tmp_path, "mine", "* * * * *", ["text_bert"])
+
+
+PRINT_API_URL = "import os, httpx; url = os.environ['PREFECT_API_URL']; print(url); " \
+                "print(httpx.get(url + '/health', timeout=5).status_code)"
+
+
+def test_with_prefect_reuses_the_server_in_prefect_api_url(monkeypatch, capfd):
+    """PREFECT_API_URL already set: the command runs against that server and no other is started."""
+    from flows import serve as serve_module
+    from flows.serve import run_with_server
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    monkeypatch.setattr(serve_module, "temporary_prefect_server", lambda *a, **k: pytest.fail("started a server"))
+    assert run_with_server([sys.executable, "-c", "import os, sys; print(os.environ['PREFECT_API_URL']); "
+                                                  "sys.exit(3)"]) == 3          # the command's own exit code
+    assert capfd.readouterr().out.strip() == "http://127.0.0.1:9/api"
+    with pytest.raises(UserError, match="no-such-command-here: command not found"):
+        run_with_server(["no-such-command-here"])
+
+
+@pytest.mark.slow
+def test_with_prefect_starts_one_server_for_the_command(tmp_path, monkeypatch):
+    """No PREFECT_API_URL: a real `prefect server start` answers the command, and is gone afterwards."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "trml"), "with-prefect", "--", sys.executable, "-c",
+                           PRINT_API_URL], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    url, status = proc.stdout.split()
+    assert url.startswith("http://127.0.0.1:") and status == "200"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url + "/health", timeout=2)

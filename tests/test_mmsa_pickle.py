@@ -24,7 +24,7 @@ def mmsa_pkl(tmp_path):
 
 def test_import_writes_contract_tables(tmp_path, mmsa_pkl):
     path, data = mmsa_pkl
-    summary = import_mmsa(path, "mosi", tmp_path / "index", tmp_path / "features")
+    summary = import_mmsa(path, "mosi", tmp_path)
     assert summary["rows"] == 11
     manifest = pq.read_table(tmp_path / "index/mosi.parquet").to_pylist()
     assert manifest[0]["utterance_id"] == "vid0/0" and manifest[0]["split"] == "train"
@@ -43,13 +43,13 @@ def test_import_writes_contract_tables(tmp_path, mmsa_pkl):
 
 def test_round_trip(tmp_path, mmsa_pkl):
     path, _ = mmsa_pkl
-    import_mmsa(path, "mosi", tmp_path / "a/index", tmp_path / "a/features")
+    import_mmsa(path, "mosi", tmp_path / "a")
     out = tmp_path / "exported.pkl"
     export_mmsa("mosi", out, {"text": "mmsa_text", "audio": "mmsa_audio", "vision": "mmsa_vision"},
-                index_dir=tmp_path / "a/index", features_dir=tmp_path / "a/features")
+                data_dir=tmp_path / "a")
     exported = load_pickle(out)
     assert exported["train"]["vision"].ndim == 3 and "vision_lengths" in exported["train"]
-    import_mmsa(out, "mosi", tmp_path / "b/index", tmp_path / "b/features")
+    import_mmsa(out, "mosi", tmp_path / "b")
     for name in ["index/mosi.parquet", "features/mosi/mmsa_text.parquet", "features/mosi/mmsa_audio.parquet",
                  "features/mosi/mmsa_vision.parquet"]:
         a = pq.read_table(tmp_path / "a" / name)
@@ -71,10 +71,10 @@ def test_restricted_unpickler_refuses_code(tmp_path):
         load_pickle(path)
     assert not os.path.exists("/tmp/trml-pwned")
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "import-mmsa", str(path), "--dataset", "x",
-                           "--index-dir", str(tmp_path / "i"), "--features-dir", str(tmp_path / "f")],
+                           "--data-dir", str(tmp_path / "d")],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "refusing to unpickle" in proc.stderr and "Traceback" not in proc.stderr
-    assert not (tmp_path / "i").exists()
+    assert not (tmp_path / "d").exists()
 
 
 def test_imported_tables_load_for_training(tmp_path, mmsa_pkl):
@@ -84,7 +84,7 @@ def test_imported_tables_load_for_training(tmp_path, mmsa_pkl):
     from trml.data import load_dataset
 
     path, data = mmsa_pkl
-    import_mmsa(path, "mosi", tmp_path / "index", tmp_path / "features")
+    import_mmsa(path, "mosi", tmp_path)
     mods = MmsaPickleConfig(name="mosi", pickle=path).modalities       # the defaults of an mmsa_pickles entry
     cfg = ModelConfig(modalities=ModalitiesConfig(**mods.model_dump()))
     loaded = load_dataset("mosi", cfg, tmp_path)

@@ -1,8 +1,10 @@
-"""The structure of docs/architecture.md, checked on the source text (nothing here imports the product).
+"""The structure of docs/architecture.md, checked on the source text (nothing here imports the product but
+flows/cli.py's parser and features/config.py's feature-set table).
 
-1. trml/ imports nothing from features/ or flows/: every import form counts (`import x`, `from x import y`,
-   relative imports that climb out of trml/, imports inside functions, importlib.import_module and
-   __import__ with a literal name).
+1. The rooms import only downwards: common/ (the floor) imports no room; trml/ imports nothing from
+   features/ or flows/; features/ nothing from trml/ or flows/. Every import form counts (`import x`,
+   `from x import y`, relative imports that climb out, imports inside functions, importlib.import_module
+   and __import__ with a literal name).
 2. Every project module that a DVC stage's command runs is a dependency of that stage in dvc.yaml (the file
    itself, or a folder that holds it), so that editing the code re-runs the stage.
 
@@ -18,6 +20,12 @@
      imports are not followed: they are the schemas of every params section (features/config.py,
      trml/config.py), and a stage depends on the schema of the sections it reads through its own code.
    Empty package __init__.py files run nothing and need no listing.
+3. One copy of each shared helper: what common/ defines (the atomic writer, the file hash, the device
+   rules, the user-error base, the Strict base, the metadata reader, the layout paths) is defined nowhere
+   else, under its name or under another (a function that calls os.replace, or asks torch for CUDA, outside
+   the floor), and the data layout's folder names are spelled only in common/layout.py.
+4. One way to fail: every error class of the rooms derives from common.errors.UserError (the CLI catches
+   that alone), and flows/cli.py keeps no registry of error classes by module name.
 """
 from __future__ import annotations
 
@@ -30,10 +38,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("features", "flows", "trml")
+PACKAGES = ("common", "features", "flows", "trml")
 ENTRY = "flows/cli.py"
 EVERY_STAGE = ("flows/params.py",)          # a dependency of every stage; its imports are not followed
-EXTRACTOR_REGISTRY = "features/extractors/__init__.py"   # _CLASSES: feature set -> module, imported by name
 
 
 # ---------------------------------------------------------------- reading imports from source
@@ -103,19 +110,23 @@ def top_package(module: str) -> str:
     return module.split(".")[0]
 
 
-# ---------------------------------------------------------------- 1. trml/ stands alone
+# ---------------------------------------------------------------- 1. the rooms import downwards only
+
+FORBIDDEN = {"common": ("features", "flows", "trml"), "trml": ("features", "flows"), "features": ("flows", "trml")}
+
 
 def import_violations(root: Path = ROOT) -> list[str]:
     bad = []
-    for path in sorted((root / "trml").rglob("*.py")):
-        for imp in imports_in(parse(path), path, root):
-            if top_package(imp.module) in ("features", "flows") or "beyond the top" in imp.module:
-                bad.append(f"{path.relative_to(root)}:{imp.line} imports {imp.module}")
+    for room, forbidden in FORBIDDEN.items():
+        for path in sorted((root / room).rglob("*.py")):
+            for imp in imports_in(parse(path), path, root):
+                if top_package(imp.module) in forbidden or "beyond the top" in imp.module:
+                    bad.append(f"{path.relative_to(root)}:{imp.line} imports {imp.module}")
     return bad
 
 
-def test_trml_imports_nothing_from_features_or_flows():
-    assert import_violations() == [], "trml/ turns Parquet into models and must not reach into features/ or flows/"
+def test_rooms_import_downwards_only():
+    assert import_violations() == [], "common/ is the floor of every room; trml/ and features/ stand on it alone"
 
 
 def test_the_import_reader_sees_every_form(tmp_path):
@@ -136,6 +147,10 @@ def test_the_import_reader_sees_every_form(tmp_path):
     assert mods == ["features.store", "flows", "features.media", "importlib", "flows.extract", "features",
                     "features", "<.... beyond the top>", "trml.sub", "typing"], mods
     assert len(import_violations(tmp_path)) == 7        # all but importlib, the sibling and typing
+    floor = tmp_path / "common" / "x.py"
+    floor.parent.mkdir()
+    floor.write_text("from trml.config import ModelConfig\n")
+    assert "common/x.py:1 imports trml.config" in import_violations(tmp_path)
 
 
 # ---------------------------------------------------------------- 2. dvc.yaml lists the code each stage runs
@@ -208,17 +223,14 @@ def handler_imports(subcommand: str) -> list[Path]:
 
 
 def extractor_module(feature_set: str) -> Path:
-    """features.extractors imports each feature set's module by name, from its _CLASSES table."""
-    tree = parse(ROOT / EXTRACTOR_REGISTRY)
-    table = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
-                 and any(isinstance(t, ast.Name) and t.id == "_CLASSES" for t in n.targets))
-    return module_file(table[feature_set][0])
+    """features.extractors imports each feature set's module by name (features.extractors.extractor_module)."""
+    from features.extractors import extractor_module as module_of
+    return module_file(module_of(feature_set))
 
 
 def feature_sets() -> tuple[str, ...]:
-    tree = parse(ROOT / "features" / "config.py")
-    return next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
-                and any(isinstance(t, ast.Name) and t.id == "FEATURE_SETS" for t in n.targets))
+    from features.config import FEATURE_SETS
+    return FEATURE_SETS
 
 
 def stage_bodies(dvc: dict) -> list[tuple[str, dict]]:
@@ -276,3 +288,173 @@ def test_a_removed_dep_is_noticed(stage, code):
     missing = uncovered(dvc)
     key = f"{stage}@vision_clip" if stage == "extract" else stage
     assert code in missing.get(key, []), missing
+
+
+# ---------------------------------------------------------------- 3. one copy of each shared helper
+
+FLOOR = "common"
+# Calls that only a copy of a floor helper makes: the atomic writer's rename, the device resolver's question.
+FLOOR_CALLS = {"os.replace": "common/files.py atomic_path", "Path.replace": "common/files.py atomic_path",
+               "torch.cuda.is_available": "common/device.py resolve_device",
+               "torch.cuda.is_bf16_supported": "common/device.py amp_dtype"}
+LAYOUT_FOLDERS = ("index", "features")     # <data>/index/<dataset>.parquet, <data>/features/<dataset>/...
+LAYOUT_MODULE = "common/layout.py"
+
+
+def floor_names(root: Path = ROOT) -> dict[str, str]:
+    """{name: file} of every public function and class the floor defines."""
+    names = {}
+    for path in sorted((root / FLOOR).rglob("*.py")):
+        for node in parse(path).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                names[node.name] = str(path.relative_to(root))
+    return names
+
+
+def _called(node: ast.Call) -> str:
+    try:
+        return ast.unparse(node.func)
+    except Exception:           # pragma: no cover - unparse handles every expression
+        return ""
+
+
+def copies_of_floor_helpers(root: Path = ROOT) -> list[str]:
+    names = floor_names(root)
+    bad = []
+    for room in ("features", "flows", "trml"):
+        for path in sorted((root / room).rglob("*.py")):
+            rel = str(path.relative_to(root))
+            for node in ast.walk(parse(path)):
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names:
+                    bad.append(f"{rel}:{node.lineno} defines {node.name}, which {names[node.name]} owns")
+                elif isinstance(node, ast.Call):
+                    called = _called(node)
+                    owner = FLOOR_CALLS.get(called) or (FLOOR_CALLS["Path.replace"]
+                                                        if called.endswith(".replace") and len(node.args) == 1
+                                                        and not node.keywords and _path_like(node) else None)
+                    if owner:
+                        bad.append(f"{rel}:{node.lineno} calls {called}: use {owner}")
+                elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and rel != LAYOUT_MODULE:
+                    for side in (node.left, node.right):
+                        if isinstance(side, ast.Constant) and side.value in LAYOUT_FOLDERS:
+                            bad.append(f"{rel}:{node.lineno} spells the data layout (/ {side.value!r}): "
+                                       f"use {LAYOUT_MODULE}")
+    return bad
+
+
+def _path_like(call: ast.Call) -> bool:
+    """`tmp.replace(out)`: a one-argument .replace on a name that is not a string method's (str.replace
+    takes two)."""
+    return isinstance(call.func, ast.Attribute)
+
+
+def test_each_shared_helper_is_defined_once():
+    bad = copies_of_floor_helpers()
+    assert bad == [], "one copy of each shared helper, in common/: " + "; ".join(bad)
+
+
+@pytest.mark.parametrize("planted, found", [
+    ("import contextlib, os\n@contextlib.contextmanager\ndef atomic_path(p):\n    yield p\n",
+     "defines atomic_path"),
+    ("import hashlib\ndef sha256_file(p):\n    return hashlib.sha256(open(p, 'rb').read()).hexdigest()\n",
+     "defines sha256_file"),
+    ("import torch\ndef pick_device(s):\n    return 'cuda' if torch.cuda.is_available() else 'cpu'\n",
+     "calls torch.cuda.is_available"),
+    ("import os\ndef save(tmp, out):\n    os.replace(tmp, out)\n", "calls os.replace"),
+    ("def save(tmp, out):\n    tmp.replace(out)\n", "calls tmp.replace"),
+    ("from pydantic import BaseModel\nclass Strict(BaseModel):\n    pass\n", "defines Strict"),
+    ("from pathlib import Path\ndef where(d):\n    return Path(d) / 'index' / 'x.parquet'\n",
+     "spells the data layout"),
+])
+def test_a_planted_copy_of_a_shared_helper_is_found(tmp_path, planted, found):
+    """The checker itself: a copy planted in trml/ (under the floor's name or another) fails the check."""
+    for rel in ("common/files.py", "common/device.py", "common/config.py", "common/layout.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text((ROOT / rel).read_text())
+    (tmp_path / "trml").mkdir()
+    (tmp_path / "trml" / "helpers.py").write_text(planted)
+    for room in ("features", "flows"):
+        (tmp_path / room).mkdir()
+    bad = copies_of_floor_helpers(tmp_path)
+    assert any(found in b and b.startswith("trml/helpers.py") for b in bad), bad
+    (tmp_path / "trml" / "helpers.py").write_text("x = 'index'.replace('i', 'I', 1)\n")    # str.replace: fine
+    assert copies_of_floor_helpers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- 4. one way to fail
+
+ERROR_BASE = "UserError"
+# Errors that never reach a user: a clip that can't be read becomes a row status (features/media.py).
+NOT_USER_FACING = {"MediaError"}
+
+
+def error_classes(root: Path = ROOT) -> dict[str, tuple[str, list[str]]]:
+    """{class name: (file:line, base names)} of every class named *Error in the project."""
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            for node in ast.walk(parse(path)):
+                if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
+                    bases = [ast.unparse(b).split(".")[-1] for b in node.bases]
+                    found[node.name] = (f"{path.relative_to(root)}:{node.lineno}", bases)
+    return found
+
+
+def errors_outside_the_base(root: Path = ROOT) -> list[str]:
+    classes = error_classes(root)
+
+    def reaches_base(name: str, seen: frozenset = frozenset()) -> bool:
+        if name == ERROR_BASE:
+            return True
+        if name not in classes or name in seen:
+            return False
+        return any(reaches_base(b, seen | {name}) for b in classes[name][1])
+
+    return [f"{where} {name}({', '.join(bases)})" for name, (where, bases) in sorted(classes.items())
+            if name != ERROR_BASE and name not in NOT_USER_FACING and not reaches_base(name)]
+
+
+def error_registries(path: Path) -> list[str]:
+    """Module-level tuples or lists of (module name, class name) string pairs: a registry of errors by name."""
+    bad = []
+    for node in parse(path).body:
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        if isinstance(value, (ast.Tuple, ast.List)) and value.elts and all(
+                isinstance(e, ast.Tuple) and len(e.elts) == 2
+                and all(isinstance(x, ast.Constant) and isinstance(x.value, str) for x in e.elts)
+                and "." in e.elts[0].value for e in value.elts):
+            bad.append(f"{path.name}:{node.lineno}")
+    return bad
+
+
+def caught_in_main(path: Path) -> list[str]:
+    main = next(n for n in parse(path).body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    return [ast.unparse(h.type) for n in ast.walk(main) if isinstance(n, ast.Try) for h in n.handlers]
+
+
+def test_every_user_error_derives_from_one_base():
+    assert errors_outside_the_base() == [], f"derive these from common.errors.{ERROR_BASE}"
+
+
+def test_the_cli_catches_the_base_alone_and_keeps_no_registry():
+    assert caught_in_main(ROOT / ENTRY) == [ERROR_BASE]
+    assert error_registries(ROOT / ENTRY) == []
+
+
+def test_a_planted_error_outside_the_base_and_a_planted_registry_are_found(tmp_path):
+    """The checker itself: an error class that skips the base, and a registry by module name, both fail."""
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "errors.py").write_text("class UserError(Exception):\n    pass\n")
+    (tmp_path / "trml").mkdir()
+    (tmp_path / "trml" / "x.py").write_text("from common.errors import UserError\n"
+                                             "class GoodError(UserError, ValueError):\n    pass\n"
+                                             "class AlsoGoodError(GoodError):\n    pass\n"
+                                             "class StrayError(RuntimeError):\n    pass\n")
+    for package in ("features", "flows"):
+        (tmp_path / package).mkdir()
+    assert errors_outside_the_base(tmp_path) == ["trml/x.py:6 StrayError(RuntimeError)"]
+    cli = tmp_path / "flows" / "cli.py"
+    cli.write_text("USER_ERRORS = (\n    ('trml.data', 'DataError'),\n    ('flows.extract', 'ExtractionError'),\n)\n"
+                   "def main():\n    try:\n        pass\n    except Exception:\n        pass\n")
+    assert error_registries(cli) == ["cli.py:1"]
+    assert caught_in_main(cli) == ["Exception"]

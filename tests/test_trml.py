@@ -379,17 +379,17 @@ def test_device_parameter_forced_to_cpu_and_cuda_without_a_gpu(data, fixture_dir
     from trml.compare import compare
     from trml.evaluate import evaluate
     from trml.checkpoint import load_checkpoint
-    from trml.device import DeviceUnavailableError, amp_dtype, pick_device
+    from common.device import DeviceUnavailableError, amp_dtype, resolve_device
     from trml.train import fit, train
     # Forced to the CPU with amp on: it trains, in full precision (mixed precision is for CUDA only).
-    assert pick_device("cpu") == torch.device("cpu")
+    assert resolve_device("cpu", "train.device") == "cpu"
     assert amp_dtype(torch.device("cpu"), True) is None
     fit(data, small_model(), small_train(epochs=1, device="cpu", amp=True), tmp_path / "cpu")
     ck = load_checkpoint(tmp_path / "cpu" / DS / "trml" / "best.pt")
     assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in ck["model"].values() if t.is_floating_point())
     # 'cuda' where torch sees none: an error naming the key and the fix, before any data is read.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert pick_device("auto") == torch.device("cpu")
+    assert resolve_device("auto", "train.device") == "cpu"
     cuda = small_train(device="cuda")
     nowhere = tmp_path / "no-data-here"
     for run in (lambda: train(DS, small_model(), cuda, nowhere, tmp_path),

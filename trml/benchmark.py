@@ -28,6 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.layout import feature_path, manifest_path
+
 # name -> (modality, kind, dim, frames per utterance)
 SHAPES = {
     "text_minilm": ("text", "emb", 384, 1),
@@ -57,12 +59,12 @@ def write_synthetic(out: Path, train: int, valid: int = SPLIT_SIZES["valid"], te
     }).replace_schema_metadata({
         b"trml.dataset": DATASET.encode(), b"trml.layout": b"synthetic", b"trml.root": str(out).encode(),
         b"trml.task": b"regression", b"trml.class_names": b"[]"})
-    (out / "index").mkdir(parents=True, exist_ok=True)
-    pq.write_table(manifest, out / "index" / f"{DATASET}.parquet", compression="zstd")
+    manifest_path(out, DATASET).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(manifest, manifest_path(out, DATASET), compression="zstd")
     for name, (modality, kind, dim, frames) in SHAPES.items():
         present = rng.random(n) >= missing
         table = _feature_table(name, modality, kind, dim, frames, ids, present, label, rng)
-        path = out / "features" / DATASET / f"{name}.parquet"
+        path = feature_path(out, DATASET, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path, compression="zstd")
     return {"utterances": n, "train": train}
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(out, args.device, args.threads, args.batch_size,
                                  Path(args.memmap) if args.memmap else None)))
         return 0
-    marker = out / "index" / f"{DATASET}.parquet"
+    marker = manifest_path(out, DATASET)
     if not marker.is_file() or pq.read_table(marker, columns=["split"]).column("split").to_pylist().count(
             "train") != args.train:
         t0 = time.perf_counter()

@@ -15,18 +15,15 @@ from pathlib import Path
 
 import torch
 
+from common.errors import MissingInputError, UserError
+from common.files import atomic_path
 from trml.config import ModelConfig, TrainConfig
 from trml.data import TRMLData
-from trml.io import atomic_path
 from trml.model import TRML, InputSpec
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-
-
-def run_dir(models_dir: Path, dataset: str, variant: str) -> Path:
-    return Path(models_dir) / dataset / variant
 
 
 def run_signature(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TRMLData) -> str:
@@ -68,12 +65,22 @@ def save_checkpoint(payload: dict, path: Path) -> None:
             torch.save(payload, fh)
 
 
+class CheckpointError(UserError):
+    """A checkpoint file is unreadable or of another format; the message names the file and says retrain."""
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint. Run `trml train` (or `trml compare`) first.")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: checkpoint format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT}; retrain")
+        raise MissingInputError(f"{path}: no checkpoint. Run `trml train` (or `trml compare`) first.")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:      # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}); delete it and retrain "
+                              f"(`trml train`, or `dvc repro`)") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: checkpoint format {found!r}, expected {CHECKPOINT_FORMAT}; retrain "
+                              f"(`trml train`, or `dvc repro`)")
     return ckpt
 
 

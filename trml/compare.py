@@ -33,12 +33,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trml.checkpoint import completed_run, run_dir, run_signature
+from common.device import resolve_device
+from common.files import atomic_path, write_json, write_text_atomic
+from common.layout import dataset_dir, metrics_path, run_dir
+from trml.checkpoint import completed_run, run_signature
 from trml.config import CompareConfig, EvaluateConfig, ModelConfig, TrainConfig
 from trml.data import DataError, TRMLData, load_dataset
-from trml.device import pick_device
 from trml.evaluate import condition_masks, conditions, lineage, load_model, plot_vs_rate, predict_masks
-from trml.io import atomic_path, write_json, write_text_atomic
 from trml.metrics import DECIMALS, HEADLINE, metric_keys
 from trml.missing import RATE_MEAN, derive_seed, rate_key
 from trml.report import render_markdown
@@ -58,7 +59,7 @@ HEADLINE_METRICS = {"regression": {"mae": "mae", "acc2_non0": "acc2"}, "classifi
 def compare(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_cfg: EvaluateConfig,
             compare_cfg: CompareConfig, data_dir: Path, models_dir: Path, reports_dir: Path, metrics_dir: Path,
             plots_dir: Path, trained_dir: Path | None = None) -> dict:
-    pick_device(train_cfg.device)             # a device that is not there fails now, not after the load
+    resolve_device(train_cfg.device, "train.device")           # a device that is not there fails now, not after the load
     data = load_dataset(dataset, model_cfg, Path(data_dir), memmap_path(train_cfg, dataset))
     test_idx = data.indices("test")
     if len(test_idx) == 0:
@@ -86,21 +87,21 @@ def compare(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_c
     rates = [rate_key(r) for r in eval_cfg.test_missing_rates]
     results = summarize_comparison(data, by_variant, truth, conds, rates, compare_cfg,
                                    derive_seed(eval_cfg.seed, "bootstrap"))
-    out = Path(reports_dir) / dataset
+    out = dataset_dir(reports_dir, dataset)
     write_json(results, out / "compare.json")
     write_json(lineages, out / "compare_lineage.json")
     write_predictions(by_variant, data.ids[test_idx.numpy()], truth, compare_cfg.seeds, out / "predictions.parquet")
     write_text_atomic(render_markdown(results), out / "results.md")
-    write_json(headline(results, rates), Path(metrics_dir) / f"{dataset}.json")
+    write_json(headline(results, rates), metrics_path(metrics_dir, dataset))
     keys = metric_keys(data.task)
     curves = {v: {r: {k: (s["mean"], s["sd"]) for k, s in by_cond.get(r, {}).items()} for r in rates}
               for v, by_cond in results["variants"].items()}
     reference = {name: {k: (s["mean"], s["sd"]) for k, s in by_metric.items()}
                  for name, by_metric in results["reference"].items()}
-    plot_vs_rate(curves, rates, keys, Path(plots_dir) / dataset / "compare.png",
+    plot_vs_rate(curves, rates, keys, dataset_dir(plots_dir, dataset) / "compare.png",
                  title=f"{dataset}: variants (test, mean +- sd over {len(compare_cfg.seeds)} seeds)",
                  reference=reference)
-    write_variant_tables(results, rates, keys, Path(plots_dir) / dataset / "compare")
+    write_variant_tables(results, rates, keys, dataset_dir(plots_dir, dataset) / "compare")
     return results
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from common.config import Strict
 
 from trml.metrics import CLASSIFICATION_KEYS, REGRESSION_KEYS
 
@@ -16,10 +18,6 @@ Modality = Literal["text", "vision", "audio", "face"]
 Variant = Literal["trml", "zero_fill", "no_sml", "upper_bound"]
 # What can pick best.pt: the task loss or any metric key (fit checks that the key is one of the data's task).
 EarlyStopOn = Literal[("loss", *REGRESSION_KEYS, *CLASSIFICATION_KEYS)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModalitiesConfig(Strict):

@@ -25,18 +25,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from common.errors import UserError
+from common.files import sha256_file
+from common.layout import feature_path, manifest_path, schema_metadata
 from trml.config import ModelConfig
-from trml.io import sha256_file
 
 log = logging.getLogger(__name__)
 
-META_PREFIX = b"trml."
 SPLITS = ("train", "valid", "test")
 READ_BATCH = 4096          # feature-table rows decoded at a time
 STATS_CHUNK = 4096         # rows per chunk when summing train statistics
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A manifest or feature table breaks the contract; the message names the file and the fix."""
 
 
@@ -124,14 +125,6 @@ class TRMLData:
         return hashlib.sha256(json.dumps(self.provenance(), sort_keys=True).encode()).hexdigest()
 
 
-def manifest_path(data_dir: Path, dataset: str) -> Path:
-    return Path(data_dir) / "index" / f"{dataset}.parquet"
-
-
-def feature_path(data_dir: Path, dataset: str, feature_set: str) -> Path:
-    return Path(data_dir) / "features" / dataset / f"{feature_set}.parquet"
-
-
 def load_dataset(dataset: str, model_cfg: ModelConfig, data_dir: Path, memmap_dir: Path | None = None) -> TRMLData:
     """Join the manifest and the configured feature tables into tensors (the only file reading in trml).
 
@@ -145,7 +138,7 @@ def load_dataset(dataset: str, model_cfg: ModelConfig, data_dir: Path, memmap_di
     if not mpath.is_file():
         raise DataError(f"{mpath}: manifest not found. Run `trml index --dataset {dataset}` first.")
     man = pq.read_table(mpath)
-    meta = _metadata(man.schema)
+    meta = schema_metadata(man.schema)
     task = meta.get("task", "")
     if task not in ("regression", "classification"):
         raise DataError(f"{mpath}: schema metadata trml.task is {task!r}; expected regression or "
@@ -218,7 +211,7 @@ def _load_modality(name: str, feature_set: str, data_dir: Path, dataset: str, id
                         f"Run `trml extract --dataset {dataset} --feature-set {feature_set}`, "
                         f"or set model.modalities.{name}: null")
     pf = pq.ParquetFile(path)
-    meta = _metadata(pf.schema_arrow)
+    meta = schema_metadata(pf.schema_arrow)
     kind, dim = meta.get("kind"), int(meta.get("dim", "0") or 0)
     if meta.get("modality") != name:
         raise DataError(f"{path}: holds modality {meta.get('modality')!r}, but params put it under "
@@ -387,8 +380,3 @@ def _valid_entries(m: ModalityData) -> torch.Tensor:
         return m.present
     steps = torch.arange(m.x.shape[1])
     return m.present.unsqueeze(1) & (steps.unsqueeze(0) < m.lengths.unsqueeze(1))
-
-
-def _metadata(schema: pa.Schema) -> dict[str, str]:
-    raw = schema.metadata or {}
-    return {k[len(META_PREFIX):].decode(): v.decode() for k, v in raw.items() if k.startswith(META_PREFIX)}

@@ -23,14 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.device import resolve_device
+from common.errors import UserError
+from common.files import sha256_file, write_json, write_text_atomic
+from common.layout import dataset_dir, run_dir
+from trml.checkpoint import load_checkpoint
 from trml.config import EvaluateConfig, ModelConfig, TrainConfig
 from trml.data import TRMLData, load_dataset
 from trml.metrics import HEADLINE, compute_metrics, mean_metrics, metric_keys
 from trml.missing import derive_seed, mask_for, pattern_names, rate_key
 from trml.model import TRML, InputSpec
-from trml.checkpoint import load_checkpoint, run_dir
-from trml.device import pick_device
-from trml.io import sha256_file, write_json, write_text_atomic
 from trml.train import memmap_path, predict
 
 log = logging.getLogger(__name__)
@@ -38,26 +40,26 @@ log = logging.getLogger(__name__)
 EVAL_BATCH = 512
 
 
-class StaleModelError(RuntimeError):
+class StaleModelError(UserError):
     """The checkpoint was trained with other settings or other data than the ones asked for."""
 
 
 def evaluate(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_cfg: EvaluateConfig,
              data_dir: Path, models_dir: Path, reports_dir: Path, plots_dir: Path) -> dict:
-    pick_device(train_cfg.device)             # a device that is not there fails now, not after the load
+    resolve_device(train_cfg.device, "train.device")           # a device that is not there fails now, not after the load
     data = load_dataset(dataset, model_cfg, Path(data_dir), memmap_path(train_cfg, dataset))
     ckpt_path = run_dir(Path(models_dir), dataset, train_cfg.variant) / "best.pt"
     model, ckpt = load_model(ckpt_path, model_cfg, train_cfg, data)
     conds = conditions(data.names, eval_cfg)
     results = {split: evaluate_split(model, data, split, conds, eval_cfg) for split in ("test", "valid")}
-    out, plots_dir = Path(reports_dir) / dataset, Path(plots_dir)
+    out, plots = dataset_dir(reports_dir, dataset), dataset_dir(plots_dir, dataset)
     write_json(results, out / "evaluate.json")
     write_json({train_cfg.variant: lineage(ckpt_path, ckpt, eval_cfg)}, out / "evaluate_lineage.json")
     rates = [rate_key(r) for r in eval_cfg.test_missing_rates]
     keys = metric_keys(data.task)
-    write_rate_table(results["test"], rates, keys, plots_dir / dataset / "missing_rate.csv")
+    write_rate_table(results["test"], rates, keys, plots / "missing_rate.csv")
     curves = {train_cfg.variant: {r: {k: (v, None) for k, v in results["test"].get(r, {}).items()} for r in rates}}
-    plot_vs_rate(curves, rates, keys, plots_dir / dataset / "missing_rate.png",
+    plot_vs_rate(curves, rates, keys, plots / "missing_rate.png",
                  title=f"{dataset}: {train_cfg.variant} (test)")
     log.info("wrote %s", out / "evaluate.json")
     return results
@@ -101,7 +103,7 @@ def predict_masks(model: TRML, data: TRMLData, idx: torch.Tensor, masks: list[to
 
 def load_model(path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, data: TRMLData) -> tuple[TRML, dict]:
     """The best.pt of a run, checked against the settings and data it is asked to stand for."""
-    device = pick_device(train_cfg.device)
+    device = torch.device(resolve_device(train_cfg.device, "train.device"))
     ckpt = load_checkpoint(path, device)
     want = {"model": model_cfg.model_dump(mode="json"), "train": _comparable(train_cfg.model_dump(mode="json"))}
     have = {"model": ckpt["config"]["model"], "train": _comparable(dict(ckpt["config"]["train"]))}

@@ -11,19 +11,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trml.io import write_text_atomic
+from common.errors import UserError
+from common.files import write_text_atomic
+from common.layout import dataset_dir
 from trml.metrics import LOWER_IS_BETTER
 from trml.missing import RATE_MEAN
 
 DIGITS = 3
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """There is no comparison to report on; the message names the file and the command that writes it."""
 
 
 def load_results(reports_dir: Path, dataset: str) -> dict:
-    path = Path(reports_dir) / dataset / "compare.json"
+    path = dataset_dir(reports_dir, dataset) / "compare.json"
     if not path.is_file():
         raise ReportError(f"{path}: not found; run `trml compare --dataset {dataset}` (or `dvc repro`) first")
     try:
@@ -143,7 +145,7 @@ def write_report(reports_dir: Path, dataset: str, fmt: str, out: Path | None) ->
     """`trml report`: render compare.json and write it (default: reports/<dataset>/results.{md,tex})."""
     results = load_results(reports_dir, dataset)
     text = render_latex(results) if fmt == "latex" else render_markdown(results)
-    path = out or Path(reports_dir) / dataset / ("results.tex" if fmt == "latex" else "results.md")
+    path = out or dataset_dir(reports_dir, dataset) / ("results.tex" if fmt == "latex" else "results.md")
     write_text_atomic(text, path)
     return path
 
@@ -193,3 +195,20 @@ def _tex_cell(cell: str, bold: bool) -> str:
 
 def _latex_comment(line: str) -> str:
     return line.replace("%", "\\%")
+
+
+def show_metrics(metrics_dir: Path, reports_dir: Path) -> str:
+    """The headline numbers of every dataset (metrics/*.json) as one line, each followed by its results table
+    (reports/<dataset>/results.md): what `trml show-metrics` and `make demo` print."""
+    files = sorted(Path(metrics_dir).glob("*.json"))
+    if not files:
+        raise ReportError(f"no metrics in {metrics_dir}/ yet; run `dvc repro` (or `trml compare`) first")
+    out = []
+    for f in files:
+        headline = json.loads(f.read_text())            # flat: {"mae_r0.0": 0.61, ..., "vs_zf_hi": 0.01}
+        out += [f"== {f}", "  " + "  ".join(f"{k} {v:.4f}" if isinstance(v, (int, float)) else f"{k} -"
+                                            for k, v in headline.items())]
+        table = dataset_dir(reports_dir, f.stem) / "results.md"
+        if table.is_file():
+            out += ["", table.read_text()]
+    return "\n".join(out) + "\n"

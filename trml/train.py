@@ -7,7 +7,7 @@
 
 `fit` reads top to bottom: set up (model, optimizer, resumed state), then per epoch `train_one_epoch`,
 `validate`, `record_epoch` (early stopping) and `save_checkpoints`; last `write_summary`. What a
-checkpoint holds and how a run resumes is trml/checkpoint.py; the device rules are trml/device.py.
+checkpoint holds and how a run resumes is trml/checkpoint.py; the device rules are common/device.py.
 
 Reproducibility: every random draw of epoch e (shuffle, missing mask, dropout) comes from a seed
 derived from (train.seed, e), so an interrupted run resumed from last.pt continues exactly as an
@@ -26,11 +26,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from trml.checkpoint import checkpoint_payload, resume, run_dir, run_signature, save_checkpoint
+from common.device import amp_dtype, autocast, deterministic, resolve_device
+from common.errors import ParamsError
+from common.files import write_json, write_text_atomic
+from common.layout import dataset_dir, run_dir
+from trml.checkpoint import checkpoint_payload, resume, run_signature, save_checkpoint
 from trml.config import ModelConfig, TrainConfig
 from trml.data import TRMLData, load_dataset
-from trml.device import amp_dtype, autocast, deterministic, pick_device
-from trml.io import write_json, write_text_atomic
 from trml.losses import sml_loss, task_loss
 from trml.metrics import LOWER_IS_BETTER, compute_metrics, metric_keys
 from trml.missing import derive_seed, drop_at_rate
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 def train(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: Path, models_dir: Path,
           plots_dir: Path | None = None) -> dict:
     """`trml train`: load the Parquet tables once, then fit. Returns the summary (also in summary.json)."""
-    pick_device(train_cfg.device)             # a device that is not there fails now, not after the load
+    resolve_device(train_cfg.device, "train.device")           # a device that is not there fails now, not after the load
     data = load_dataset(dataset, model_cfg, Path(data_dir), memmap_path(train_cfg, dataset))
     return fit(data, model_cfg, train_cfg, Path(models_dir), plots_dir=plots_dir)
 
@@ -55,7 +57,7 @@ def fit(data: TRMLData, model_cfg: ModelConfig, train_cfg: TrainConfig, models_d
     check_early_stop_on(cfg.early_stop_on, data.task)
     out = Path(out) if out is not None else run_dir(models_dir, data.dataset, cfg.variant)
     out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
+    device = torch.device(resolve_device(cfg.device, "train.device"))
 
     with deterministic(device):
         run = start_run(data, model_cfg, cfg, device, out / "last.pt")
@@ -215,7 +217,7 @@ def write_summary(run: Run, data: TRMLData, model_cfg: ModelConfig, cfg: TrainCo
     if not (out / "best.pt").is_file():
         raise RuntimeError(f"{out}/best.pt was not written: training ran no epoch")
     _write_log(state["log"], data.task, out / "train_log.csv",
-               Path(plots_dir) / data.dataset / f"train_{cfg.variant}.csv" if plots_dir else None)
+               dataset_dir(plots_dir, data.dataset) / f"train_{cfg.variant}.csv" if plots_dir else None)
     summary = {
         "dataset": data.dataset, "variant": cfg.variant, "task": data.task,
         "epochs_run": state["epoch"] + 1, "best_epoch": state["best_epoch"], "stopped_early": state["stopped"],
@@ -247,7 +249,7 @@ def predict(model: TRML, data: TRMLData, idx: torch.Tensor, mask: torch.Tensor, 
 
 def check_early_stop_on(key: str, task: str) -> None:
     if key != "loss" and key not in metric_keys(task):
-        raise ValueError(f"train.early_stop_on={key!r} is not a {task} metric; "
+        raise ParamsError(f"train.early_stop_on={key!r} is not a {task} metric; "
                          f"use 'loss' or one of {metric_keys(task)}")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import ParamsError
 from features.config import AudioConfig, ExtractConfig
 from features.extractors.base import Extractor, MediaItem, ModelInputs, guarded, status_row, versions
 from features.extractors.decoding import DecoderSlot, decode_in_process
@@ -30,17 +31,17 @@ def audio_feature_names(cfg: AudioConfig) -> list[str]:
 def check_audio_config(cfg: AudioConfig) -> None:
     """Settings librosa would reject only mid-run, named up front."""
     if cfg.fmin >= cfg.fmax:
-        raise ValueError(f"extract.audio_librosa: fmin ({cfg.fmin}) must be below fmax ({cfg.fmax})")
+        raise ParamsError(f"extract.audio_librosa: fmin ({cfg.fmin}) must be below fmax ({cfg.fmax})")
     if cfg.fmax >= cfg.sample_rate / 2:
-        raise ValueError(f"extract.audio_librosa: fmax ({cfg.fmax}) must be below the Nyquist frequency "
+        raise ParamsError(f"extract.audio_librosa: fmax ({cfg.fmax}) must be below the Nyquist frequency "
                          f"({cfg.sample_rate / 2}) of sample_rate {cfg.sample_rate}")
     # yin/pyin compare a window of n_fft // 2 samples against lags up to sr / fmin.
     if cfg.sample_rate / cfg.fmin >= cfg.n_fft // 2:
-        raise ValueError(f"extract.audio_librosa: n_fft ({cfg.n_fft}) is too short to find f0 down to fmin "
+        raise ParamsError(f"extract.audio_librosa: n_fft ({cfg.n_fft}) is too short to find f0 down to fmin "
                          f"({cfg.fmin} Hz) at {cfg.sample_rate} Hz; needs n_fft > "
                          f"{int(2 * cfg.sample_rate / cfg.fmin) + 2}, or raise fmin")
     if cfg.hop_length > cfg.n_fft:
-        raise ValueError(f"extract.audio_librosa: hop_length ({cfg.hop_length}) must not exceed n_fft ({cfg.n_fft})")
+        raise ParamsError(f"extract.audio_librosa: hop_length ({cfg.hop_length}) must not exceed n_fft ({cfg.n_fft})")
 
 
 def audio_features(y: np.ndarray, cfg: AudioConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -129,6 +130,11 @@ class AudioLibrosaExtractor(Extractor):
         check_audio_config(self.cfg)
         self.names = audio_feature_names(self.cfg)
         self._decoder = DecoderSlot()
+
+    @classmethod
+    def weights_identity(cls, cfg: ExtractConfig) -> dict:
+        check_audio_config(cfg.audio_librosa)
+        return {"weights_id": "none (signal processing)"}
 
     def info(self) -> TableInfo:
         params = {**self.cfg.model_dump(mode="json"), "center": True, "mfcc_input": "power mel in dB",

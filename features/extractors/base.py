@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from features.config import ExtractConfig
 from features.media import MediaError
 from features.store import FeatureRow, MediaItem, TableInfo
 
@@ -41,6 +42,13 @@ class Extractor(ABC):
 
     def __init__(self, device: str = "cpu"):
         self.device = device
+
+    @classmethod
+    @abstractmethod
+    def weights_identity(cls, cfg: ExtractConfig) -> dict:
+        """Find and check this feature set's weights and settings without building the model: a wrong or
+        unavailable weight raises its one-line WeightsError here. What it returns identifies the weights
+        (id, sha256 or file identity) in the cache key of the table's description (flows/extract.py)."""
 
     @abstractmethod
     def info(self) -> TableInfo:

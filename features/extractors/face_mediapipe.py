@@ -115,6 +115,11 @@ class FaceMediapipeExtractor(Extractor):
         with self.landmarker():      # fail at build time, not on the first clip, if the file is not a model
             pass
 
+    @classmethod
+    def weights_identity(cls, cfg: ExtractConfig) -> dict:
+        weights = face_landmarker_path(cfg.face_mediapipe.model_path)
+        return {"weights_id": weights.weights_id, "sha256": weights.sha256, "path": str(weights.path)}
+
     def info(self) -> TableInfo:
         params = {**self.cfg.model_dump(mode="json"), "running_mode": "IMAGE", "num_faces": 1,
                   "sampling": "uniform: frame shown at (i+0.5)*duration/n_frames",

@@ -27,6 +27,11 @@ class TextMiniLMExtractor(Extractor):
         dim_of = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dim_of())
 
+    @classmethod
+    def weights_identity(cls, cfg: ExtractConfig) -> dict:
+        weights = minilm_weights(cfg.text_minilm.model_path)
+        return {"weights_id": weights.weights_id, "sha256": weights.sha256, "path": str(weights.path)}
+
     def info(self) -> TableInfo:
         params = {**self.cfg.model_dump(mode="json"), "pooling": "mean", "normalize": "l2",
                   "max_seq_length": int(self.model.max_seq_length),

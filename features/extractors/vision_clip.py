@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from common.device import amp_dtype, autocast, dtype_name
 from features.config import ExtractConfig
 from features.extractors.base import Extractor, MediaItem, ModelInputs, guarded, versions
 from features.extractors.decoding import prefetch
-from features.extractors.torch_utils import autocast, autocast_name, clip_embed_dim
+from features.extractors.torch_utils import clip_embed_dim
 from features.media import read_frames
 from features.store import FeatureRow, TableInfo
-from features.weights import load_clip
+from features.weights import clip_source, load_clip
 
 
 class VisionClipExtractor(Extractor):
@@ -45,12 +46,16 @@ class VisionClipExtractor(Extractor):
         self.mean = torch.tensor(pp["mean"], dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(pp["std"], dtype=torch.float32).view(1, 3, 1, 1)
 
+    @classmethod
+    def weights_identity(cls, cfg: ExtractConfig) -> dict:
+        return clip_source(cfg.clip.model, cfg.clip.pretrained, cfg.clip.seed).identity()
+
     def info(self) -> TableInfo:
         params = {"clip": self.clip_cfg.model_dump(mode="json"), **self.cfg.model_dump(mode="json"),
                   "normalize": "l2", "sampling": "uniform: frame shown at (i+0.5)*duration/n_frames",
                   "preprocess": {**self.preprocess_cfg, "resize": "swscale bicubic, shortest side"
                                  if self.fast_path else "open_clip PIL transform"},
-                  "autocast": autocast_name(self.device),
+                  "autocast": dtype_name(amp_dtype(self.device)),
                   "versions": versions("torch", "open_clip_torch", "av")}
         return self._table_info(self.dim, self.weights.weights_id, self.weights.sha256, None, params)
 
@@ -111,7 +116,7 @@ class VisionClipExtractor(Extractor):
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         with torch.inference_mode():
             x = self.normalize(batch)
-            with autocast(self.device):
+            with autocast(self.device, amp_dtype(self.device)):
                 emb = self.weights.model.encode_image(x)
         return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
 
