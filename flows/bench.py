@@ -196,12 +196,13 @@ NOOP_TEXTS = 64
 # Run in the extraction's work folder: the no-op extraction in-process, then the top-level packages it
 # imported, outside the standard library and this project: "the packages it needs".
 _LIST_PACKAGES = """
-import sys
+import importlib.util, sys
 from flows.cli import main
 assert main(sys.argv[1:]) == 0
 own = {"common", "features", "flows", "trml", "tests"}
 names = sorted({m.split(".")[0] for m in list(sys.modules)} - set(sys.stdlib_module_names) - own)
-print(" ".join(n for n in names if not n.startswith("_")))
+# Only what an import statement can load (not the runtime modules some extensions register, like cython_runtime).
+print("packages:", " ".join(n for n in names if not n.startswith("_") and getattr(sys.modules.get(n), "__spec__", None)))
 """
 
 
@@ -229,8 +230,11 @@ def run_noop_bench(params, rounds: int = 5, prefect_apis: tuple[str, ...] = PREF
         measure_extract(params, work, [feature_set], api_url=shared_url)       # fills the shard cache
         env = {**os.environ, "PREFECT_LOCAL_STORAGE_PATH": str(work / "cache"), "PREFECT_HOME": str(work / "prefect")}
         argv = ["--params", "params.yaml", "extract", "--dataset", MEMORY_DATASET, "--all"]
-        listed = subprocess.run([sys.executable, "-c", _LIST_PACKAGES, *argv], cwd=work, env=env, check=True,
-                                capture_output=True, text=True).stdout.split()
+        proc = subprocess.run([sys.executable, "-c", _LIST_PACKAGES, *argv], cwd=work, env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"listing the packages of a no-op `trml extract` failed:\n{proc.stderr[-3000:]}")
+        listed = proc.stdout.split("packages:")[-1].split()
         imports = [sys.executable, "-c", "import " + ", ".join(listed)]
         times: dict[str, list[float]] = {"imports": [], **{api: [] for api in prefect_apis}}
         for _ in range(rounds):

@@ -122,13 +122,18 @@ def test_rerun_recomputes_nothing_and_writes_identical_bytes(workspace, sample):
 
 
 def test_a_run_whose_shards_are_all_cached_loads_no_model(workspace, sample, monkeypatch):
-    """The second run of the same extraction, in a fresh process (no extractor kept): no extractor is built,
-    and the tables are the same bytes. A weight that has gone missing since still fails first, in one line."""
+    """The first run builds each extractor once for its 3 shards and 2 worker threads. The second run of the
+    same extraction, in a fresh process (no extractor kept), builds none, and the tables are the same bytes.
+    A weight that has gone missing since still fails first, in one line."""
     import flows.extract as extract
     from features.weights import WeightsError
 
     params = make_params(sample)
+    monkeypatch.setattr(extract, "_extractors", {})
+    real_build, first_builds = extract.build_extractor, []
+    monkeypatch.setattr(extract, "build_extractor", lambda fs, *a, **k: first_builds.append(fs) or real_build(fs, *a, **k))
     extract_dataset(params, DATASET, SETS, data_dir=workspace)
+    assert sorted(first_builds) == sorted(SETS)                # one build per feature set and process
     out = workspace / "features" / DATASET
     first = {fs: (out / f"{fs}.parquet").read_bytes() for fs in SETS}
     monkeypatch.setattr(extract, "_extractors", {})           # as a new process starts
