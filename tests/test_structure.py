@@ -276,6 +276,29 @@ def test_every_stage_depends_on_the_code_it_runs():
         "; ".join(f"{stage}: {files}" for stage, files in missing.items())
 
 
+def stale_deps(dvc: dict) -> dict[str, list[str]]:
+    """{stage: [code deps that name no file or folder]}: a dep left behind by a move makes `dvc repro` fail."""
+    stale = {}
+    for name, body in stage_bodies(dvc):
+        code = [str(d) for d in body.get("deps", []) if top_package(str(d).split("/")[0]) in PACKAGES
+                and "${" not in str(d)]
+        gone = [d for d in code if not (ROOT / d).exists()]
+        if gone:
+            stale[name] = gone
+    return stale
+
+
+def test_every_code_dep_exists():
+    assert stale_deps(load_dvc()) == {}, "dvc.yaml names code that is gone; remove or rename these deps"
+
+
+def test_a_stale_dep_is_noticed():
+    """The checker itself: a dep on a deleted module (trml/io.py, as after the move to common/) fails."""
+    dvc = load_dvc()
+    dvc["stages"]["train"]["do"]["deps"].append("trml/io.py")
+    assert stale_deps(dvc)["train"] == ["trml/io.py"]
+
+
 @pytest.mark.parametrize("stage, code", [("train", "trml/train.py"), ("index", "features/store.py"),
                                          ("extract", "features/extractors/vision_clip.py")])
 def test_a_removed_dep_is_noticed(stage, code):
