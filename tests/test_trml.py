@@ -468,6 +468,9 @@ def test_compare_writes_every_variant_and_seed(fixture_dir, tmp_path):
             if d["mean"] is not None:
                 lo, hi = d["ci95"]
                 assert lo <= d["mean"] + 1e-4 and d["mean"] - 1e-4 <= hi
+                adj_lo, adj_hi = d["ci95_adj"]                # Bonferroni over the 7 conditions: wider
+                assert adj_lo <= lo and hi <= adj_hi and d["resamples"] > 0
+    assert res["method"]["family_size"] == 7 and "Bonferroni" in res["method"]["correction"]
     d = res["differences"]["zero_fill"]["r0.0"]["mae"]["mean"]
     assert d == pytest.approx(res["variants"]["trml"]["r0.0"]["mae"]["mean"]
                               - res["variants"]["zero_fill"]["r0.0"]["mae"]["mean"], abs=2e-4)
@@ -486,6 +489,15 @@ def test_compare_writes_every_variant_and_seed(fixture_dir, tmp_path):
     assert mae[-1].startswith("upper_bound,0.0,")
     assert (tmp_path / "plots" / DS / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "results.md").read_text().startswith(f"# {DS}: mae")
+    # An outside check (no project import) recomputes every headline number from predictions.parquet ...
+    from tests.recompute_compare import mismatches
+    assert mismatches(out) == []
+    # ... and notices one that is off: an interval left unadjusted.
+    planted = json.loads((out / "compare.json").read_text())
+    cell = planted["differences"]["zero_fill"]["r0.5"]["mae"]
+    cell["ci95_adj"] = cell["ci95"]
+    (out / "compare.json").write_text(json.dumps(planted))
+    assert [m for m in mismatches(out) if m.startswith("trml-zero_fill/r0.5/ci95_adj")]
 
 
 def test_classification_task(tmp_path):
@@ -547,3 +559,33 @@ def test_memory_mapped_tensors_equal_in_memory_ones(data, fixture_dir, tmp_path)
         f"{DS}.{s}.npy" for s in sorted(SETS.values())]
     for a, b in zip(data.modalities, mapped.modalities):
         assert torch.equal(a.x, b.x) and torch.equal(a.present, b.present)
+
+
+def test_the_checkpoint_is_chosen_on_valid_alone(tmp_path):
+    """One checkpoint, chosen on the valid split, stands for every metric and condition: scrambling the
+    test labels changes neither the chosen epoch nor a single weight (LNLN and MoMKE select on test;
+    FIELD.md). Early stopping by a metric (acc2_non0), so that the choice is not simply the last epoch."""
+    import shutil
+    from trml.train import fit
+    root = write_fixture(tmp_path / "a")
+    scrambled = tmp_path / "b"
+    shutil.copytree(root, scrambled)
+    manifest = pq.read_table(scrambled / "index" / f"{DS}.parquet")
+    split = np.array(manifest["split"].to_pylist())
+    label = np.array(manifest["label"].to_pylist())
+    label[split == "test"] = np.random.default_rng(9).uniform(-3, 3, (split == "test").sum())
+    table = manifest.set_column(manifest.schema.get_field_index("label"), "label", pa.array(label, pa.float64()))
+    write_atomic(table.replace_schema_metadata(manifest.schema.metadata), scrambled / "index" / f"{DS}.parquet")
+    cfg = small_train(epochs=6, patience=6, early_stop_on="acc2_non0")
+    runs = []
+    for folder in (root, scrambled):
+        data = load_dataset(DS, small_model(), folder)
+        assert folder == root or not torch.equal(data.y[data.indices("test")], runs[0][2])
+        fit(data, small_model(), cfg, folder / "models")
+        out = folder / "models" / DS / "trml"
+        runs.append((json.loads((out / "summary.json").read_text()), torch.load(out / "best.pt", weights_only=True),
+                     data.y[data.indices("test")]))
+    (first, best_a, _), (second, best_b, _) = runs
+    assert first["best_epoch"] == second["best_epoch"] and first["best_valid"] == second["best_valid"]
+    for key, tensor in best_a["model"].items():
+        assert torch.equal(tensor, best_b["model"][key]), key

@@ -2,7 +2,8 @@
 the same test masks; then how they differ, and how sure that is.
 
     reports/<dataset>/compare.json          per variant, condition and metric: mean, sd, n and the per-seed
-                                            values; trml - each baseline with its 95% CI; upper_bound as a
+                                            values; trml - each baseline with its 95% CI, raw and adjusted
+                                            for the conditions compared (trml/stats.py); upper_bound as a
                                             reference on complete data (docs/architecture.md, "results")
     reports/<dataset>/predictions.parquet   every test prediction behind those numbers: variant, seed,
                                             condition, draw, utterance_id, truth, pred
@@ -43,7 +44,7 @@ from trml.evaluate import condition_masks, conditions, lineage, load_model, plot
 from trml.metrics import DECIMALS, HEADLINE, metric_keys
 from trml.missing import RATE_MEAN, derive_seed, rate_key
 from trml.report import render_markdown
-from trml.stats import PairedBootstrap, seed_values, summarize
+from trml.stats import CI_LEVEL, CORRECTION, METHOD, PairedBootstrap, seed_values, simultaneous, summarize
 from trml.train import fit, memmap_path
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def summarize_comparison(data: TRMLData, preds: dict[str, dict[str, np.ndarray]]
     """compare.json: per-seed statistics of every variant, paired differences, and the reference."""
     task = data.task
     tested = [v for v in preds if v != REFERENCE]
-    boot = PairedBootstrap(task, truth, len(compare_cfg.seeds), compare_cfg.bootstrap, boot_seed)
+    boot = PairedBootstrap(task, truth, compare_cfg.bootstrap, boot_seed)
     order = rates + [RATE_MEAN] + [c for c in conds if c not in rates]      # the report's column order
     variants = {}
     for v in tested:
@@ -138,9 +139,13 @@ def summarize_comparison(data: TRMLData, preds: dict[str, dict[str, np.ndarray]]
             continue
         # A condition is a list of one; RATE_MEAN averages the difference over every rate.
         sides = {c: [c] for c in conds} | {RATE_MEAN: rates}
-        differences[base] = {c: _rounded_diff(boot.difference([("trml", r, preds["trml"][r]) for r in sides[c]],
-                                                              [(base, r, preds[base][r]) for r in sides[c]]))
-                             for c in order}
+        raw = {c: boot.difference([("trml", r, preds["trml"][r]) for r in sides[c]],
+                                  [(base, r, preds[base][r]) for r in sides[c]]) for c in order}
+        # The family: every condition of this baseline, one metric at a time (trml.stats.simultaneous).
+        for m in metric_keys(task):
+            for c, adj in zip(order, simultaneous([raw[c][m] for c in order])):
+                raw[c][m]["ci95_adj"] = adj
+        differences[base] = {c: _rounded_diff(raw[c]) for c in order}
     reference = {}
     if REFERENCE in preds:
         ref = seed_values(task, preds[REFERENCE][rate_key(0.0)], truth)
@@ -150,8 +155,9 @@ def summarize_comparison(data: TRMLData, preds: dict[str, dict[str, np.ndarray]]
         "seeds": list(compare_cfg.seeds),
         "conditions": order, "rates": rates,
         "split_sizes": {s: int(len(data.indices(s))) for s in ("train", "valid", "test")},
-        "method": {"spread": "sd over seeds (n - 1)", "ci": "two-level paired bootstrap (seeds and test "
-                   "utterances resampled with replacement), percentile 95% interval",
+        "method": {"spread": "sd over seeds (n - 1)", "ci": METHOD, "level": CI_LEVEL,
+                   "correction": CORRECTION, "family_size": len(order),
+                   "seed_level": len(compare_cfg.seeds) >= 2,
                    "resamples": compare_cfg.bootstrap, "seed": boot_seed},
         "variants": variants, "differences": differences, "reference": reference,
         "provenance": data.provenance(),
@@ -169,7 +175,7 @@ def headline(results: dict, rates: list[str]) -> dict:
     main = HEADLINE[task]
     diff = results["differences"].get("zero_fill", {}).get(RATE_MEAN, {}).get(main)
     if diff is not None:
-        lo, hi = diff["ci95"] or (None, None)
+        lo, hi = diff["ci95_adj"] or (None, None)          # the adjusted interval, the one the report marks
         out.update({f"vs_zf_{main}": diff["mean"], "vs_zf_lo": lo, "vs_zf_hi": hi})
     return out
 
@@ -232,5 +238,9 @@ def _rounded(s: dict) -> dict:
 
 
 def _rounded_diff(by_metric: dict[str, dict]) -> dict[str, dict]:
-    return {k: {"mean": _round(d["mean"]), "ci95": None if d["ci95"] is None else [_round(x) for x in d["ci95"]]}
+    def interval(ci):
+        return None if ci is None else [_round(x) for x in ci]
+    return {k: {"mean": _round(d["mean"]), "ci95": interval(d["ci95"]), "ci95_adj": interval(d["ci95_adj"]),
+                "se": None if d["se"] is None else round(d["se"], 6),
+                "df": None if d["df"] is None else round(d["df"], 2), "resamples": d["resamples"]}
             for k, d in by_metric.items()}

@@ -2,7 +2,8 @@
 
     variants x conditions (missing rates, their mean, single-modality patterns): mean +- sd over seeds of
     the task's headline metric (mae, wf1), the best of each column in bold; upper_bound as one reference
-    row; then trml - each baseline with its 95% CI; then the lineage (weights, seeds, split sizes, method).
+    row; then trml - each baseline with its 95% CI adjusted for the conditions compared (dagger where it
+    excludes 0), the raw intervals, and what they promise at these seeds; then the lineage.
 
 `trml report --dataset D --format latex` writes the same table as a booktabs tabular.
 """
@@ -16,6 +17,7 @@ from common.files import write_text_atomic
 from common.layout import dataset_dir
 from trml.metrics import LOWER_IS_BETTER
 from trml.missing import RATE_MEAN
+from trml.stats import critical
 
 DIGITS = 3
 
@@ -54,15 +56,29 @@ def table_rows(results: dict, metric: str | None = None) -> dict:
         rows.append((v, cells))
     reference = [(name, _mean_sd(by_metric[metric])) for name, by_metric in results["reference"].items()
                  if metric in by_metric]
-    diffs = []
-    for base, by_cond in results["differences"].items():
-        cells = []
-        for c in conds:
-            d = by_cond[c][metric]
-            cells.append(_diff(d))
-        diffs.append((base, cells))
+    # The adjusted intervals carry the dagger; the raw ones are printed beside them, unmarked.
+    diffs = [(base, [_diff(by_cond[c][metric], "ci95_adj", mark=True) for c in conds])
+             for base, by_cond in results["differences"].items()]
+    raw = [(base, [_diff(by_cond[c][metric], "ci95", mark=False) for c in conds])
+           for base, by_cond in results["differences"].items()]
     return {"metric": metric, "lower_is_better": lower, "conditions": conds,
-            "headers": [_header(c) for c in conds], "rows": rows, "reference": reference, "differences": diffs}
+            "headers": [_header(c) for c in conds], "rows": rows, "reference": reference, "differences": diffs,
+            "raw_differences": raw}
+
+
+def guarantee(results: dict) -> str:
+    """What the intervals promise at the seeds this comparison ran, in words (README, "Intervals")."""
+    n = len(results["seeds"])
+    m = results["method"].get("family_size", len(results["conditions"]))
+    family = (f"The adjusted intervals (Bonferroni over the {m} conditions of each baseline) hold together with "
+              f"probability at least 95%; each raw interval holds on its own.")
+    if n < 2:
+        return ("With 1 seed the intervals hold only the test set's uncertainty: training randomness is not in "
+                "them, so they are too narrow wherever it matters; run compare.seeds with 3 or more. " + family)
+    return (f"With {n} seeds the training part of each interval has {n - 1} degrees of freedom (t = "
+            f"{critical(n - 1):.2f} where training randomness dominates, against 1.96 where the test "
+            f"set does): close to 95% coverage if the seeds' results are roughly normal, at the price of width; "
+            f"more seeds narrow it. " + family)
 
 
 def lineage_lines(results: dict) -> list[str]:
@@ -74,7 +90,7 @@ def lineage_lines(results: dict) -> list[str]:
         "features: " + "; ".join(f"{m} {results['provenance']['modalities'][m]['feature_set']} ({w})"
                                  for m, w in weights.items()),
         f"spread: {results['method']['spread']}; CI: {results['method']['ci']}, "
-        f"{results['method']['resamples']} resamples",
+        f"{results['method']['resamples']} resamples; correction: {results['method'].get('correction', 'none')}",
         f"manifest sha256: {results['provenance']['manifest_sha256'][:16]}",
     ]
     random = [m for m, w in weights.items() if "random-init" in w]
@@ -99,13 +115,14 @@ def render_markdown(results: dict) -> str:
     out += ["", f"Bold: the best variant of each column. {_mean_note()}", ""]
     if t["differences"]:
         sign = "negative" if t["lower_is_better"] else "positive"
-        out.append(f"## trml − baseline: {t['metric']}, mean [95% CI] ({sign} favours trml; † the interval excludes 0)")
+        m = results["method"].get("family_size", len(t["headers"]))
+        out.append(f"## trml − baseline: {t['metric']}, mean [95% CI, Bonferroni-adjusted over {m} conditions] "
+                   f"({sign} favours trml; † the adjusted interval excludes 0)")
         out.append("")
-        out.append("| trml − | " + " | ".join(t["headers"]) + " |")
-        out.append("|---|" + "---:|" * len(t["headers"]))
-        for base, cells in t["differences"]:
-            out.append(f"| {base} | " + " | ".join(cells) + " |")
-        out.append("")
+        out += _md_table("trml −", t["headers"], t["differences"])
+        out += ["", "Unadjusted 95% CI (each condition on its own, no †):", ""]
+        out += _md_table("trml −", t["headers"], t["raw_differences"])
+        out += ["", guarantee(results), ""]
     out.append("## Lineage")
     out.append("")
     out += [f"- {line}" for line in lineage_lines(results)]
@@ -134,7 +151,8 @@ def render_latex(results: dict) -> str:
             lines.append(f"{_tex(name)} (complete data) & \\multicolumn{{{n}}}{{l}}{{{_tex_cell(cell, False)}}} \\\\")
     if t["differences"]:
         lines.append("\\midrule")
-        lines.append(f"\\multicolumn{{{n + 1}}}{{l}}{{trml $-$ baseline, mean [95\\% CI]}} \\\\")
+        lines.append(f"\\multicolumn{{{n + 1}}}{{l}}{{trml $-$ baseline, mean [95\\% CI, Bonferroni-adjusted "
+                     f"over {results['method'].get('family_size', n)} conditions]}} \\\\")
         for base, cells in t["differences"]:
             lines.append(f"$-$ {_tex(base)} & " + " & ".join(_tex_cell(c, False) for c in cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
@@ -166,14 +184,19 @@ def _mean_sd(s: dict) -> str:
     return _fmt(s["mean"]) if s["sd"] is None else f"{_fmt(s['mean'])} ± {s['sd']:.{DIGITS}f}"
 
 
-def _diff(d: dict) -> str:
+def _md_table(corner: str, headers: list[str], rows: list[tuple[str, list[str]]]) -> list[str]:
+    return ([f"| {corner} | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(headers)]
+            + [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows])
+
+
+def _diff(d: dict, key: str, mark: bool) -> str:
     if d["mean"] is None:
         return "–"
     sign = "+" if d["mean"] > 0 else ""
-    if not d["ci95"]:
+    if not d.get(key):
         return f"{sign}{_fmt(d['mean'])}"
-    lo, hi = d["ci95"]
-    mark = " †" if lo > 0 or hi < 0 else ""
+    lo, hi = d[key]
+    mark = " †" if mark and (lo > 0 or hi < 0) else ""
     return f"{sign}{_fmt(d['mean'])} [{_fmt(lo)}, {_fmt(hi)}]{mark}"
 
 
