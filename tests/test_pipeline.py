@@ -100,6 +100,15 @@ def test_repro_builds_every_output(project):
     assert not leaked, leaked
 
 
+def test_the_sample_comparison_survives_an_outside_recomputation(project):
+    """Every headline number of the demo's compare.json, recomputed from its predictions.parquet by code that
+    imports nothing from the project (tests/recompute_compare.py); results.md names the correction."""
+    from tests.recompute_compare import mismatches
+    assert mismatches(project / "reports" / "sample") == []
+    md = (project / "reports" / "sample" / "results.md").read_text()
+    assert "Bonferroni-adjusted over" in md and "† the adjusted interval excludes 0" in md
+
+
 def test_second_repro_is_a_fast_noop(project):
     start = time.perf_counter()
     proc = run(["dvc", "repro"], project)
