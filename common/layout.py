@@ -29,7 +29,8 @@ def feature_path(data_dir: str | Path, dataset: str, feature_set: str) -> Path:
 
 
 def run_dir(models_dir: str | Path, dataset: str, variant: str) -> Path:
-    return Path(models_dir) / dataset / variant
+    """A model's runs; a model named by import path (mypkg.nets:Net) gets the folder mypkg.nets.Net."""
+    return Path(models_dir) / dataset / variant.replace(":", ".")
 
 
 def dataset_dir(root: str | Path, dataset: str) -> Path:

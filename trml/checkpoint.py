@@ -19,7 +19,8 @@ from common.errors import MissingInputError, UserError
 from common.files import atomic_path
 from trml.config import ModelConfig, TrainConfig
 from trml.data import TRMLData
-from trml.model import TRML, InputSpec
+from trml.model import InputSpec
+from trml.registry import code_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,15 @@ def run_signature(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TRMLData
     t = train_cfg.model_dump(mode="json")
     for k in ("epochs", "device", "resume", "memmap_dir"):
         t.pop(k)
-    blob = json.dumps({"model": model_cfg.model_dump(mode="json"), "train": t, "data": data.fingerprint()},
-                      sort_keys=True)
+    content = {"model": model_cfg.model_dump(mode="json"), "train": t, "data": data.fingerprint()}
+    code = code_fingerprint(train_cfg.variant)          # a model outside trml/: its source is part of the run
+    if code is not None:
+        content["code"] = code
+    blob = json.dumps(content, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def checkpoint_payload(model: TRML, specs: list[InputSpec], model_cfg: ModelConfig, train_cfg: TrainConfig,
+def checkpoint_payload(model: torch.nn.Module, specs: list[InputSpec], model_cfg: ModelConfig, train_cfg: TrainConfig,
                        data: TRMLData, signature: str, state: dict) -> dict:
     """best.pt's fields (last.pt adds "optimizer"). The key order is part of the bytes: keep it."""
     return {
@@ -100,7 +104,7 @@ def completed_run(folder: Path, signature: str, epochs: int) -> bool:
             and bool(state.get("stopped") or state.get("epoch", -1) + 1 >= epochs))
 
 
-def resume(path: Path, signature: str, model: TRML, opt: torch.optim.Optimizer, fresh: dict) -> dict:
+def resume(path: Path, signature: str, model: torch.nn.Module, opt: torch.optim.Optimizer, fresh: dict) -> dict:
     """Load last.pt into model and opt and return its training state; `fresh` where there is nothing to resume."""
     if not path.is_file():
         return fresh

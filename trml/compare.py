@@ -41,8 +41,9 @@ from trml.checkpoint import completed_run, run_signature
 from trml.config import CompareConfig, EvaluateConfig, ModelConfig, TrainConfig
 from trml.data import DataError, TRMLData, load_dataset
 from trml.evaluate import condition_masks, conditions, lineage, load_model, plot_vs_rate, predict_masks
-from trml.metrics import DECIMALS, HEADLINE, metric_keys
+from trml.metrics import DECIMALS, HEADLINE, LOWER_IS_BETTER, metric_keys
 from trml.missing import RATE_MEAN, derive_seed, rate_key
+from trml.registry import TRML_VARIANTS, model_class
 from trml.report import render_markdown
 from trml.stats import CI_LEVEL, CORRECTION, METHOD, PairedBootstrap, seed_values, simultaneous, summarize
 from trml.train import fit, memmap_path
@@ -51,7 +52,9 @@ log = logging.getLogger(__name__)
 
 REFERENCE = "upper_bound"
 # metrics/<dataset>.json, what `dvc exp show` displays: trml's headline metrics at no missing data, at the
-# highest test rate and averaged over the rates, then trml - zero_fill on that average with its 95% CI.
+# highest test rate and averaged over the rates, then trml - zero_fill on that average with its adjusted 95% CI
+# (zero_fill is the ablation that isolates MMI), and, when other models than trml's ablations are compared,
+# trml's rank among all of them on that average (`rank`, 1 = best; every pairwise interval is in results.md).
 # Flat, with short names, so that `dvc exp show --only-changed` fits them all in a 160-column terminal
 # (a "trml." prefix on each would push them off): metric key -> its short name.
 HEADLINE_METRICS = {"regression": {"mae": "mae", "acc2_non0": "acc2"}, "classification": {"wf1": "wf1", "acc": "acc"}}
@@ -61,6 +64,8 @@ def compare(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_c
             compare_cfg: CompareConfig, data_dir: Path, models_dir: Path, reports_dir: Path, metrics_dir: Path,
             plots_dir: Path, trained_dir: Path | None = None) -> dict:
     resolve_device(train_cfg.device, "train.device")           # a device that is not there fails now, not after the load
+    for variant in compare_cfg.variants:                       # and so does a model name that cannot be found
+        model_class(variant)
     data = load_dataset(dataset, model_cfg, Path(data_dir), memmap_path(train_cfg, dataset))
     test_idx = data.indices("test")
     if len(test_idx) == 0:
@@ -146,6 +151,9 @@ def summarize_comparison(data: TRMLData, preds: dict[str, dict[str, np.ndarray]]
             for c, adj in zip(order, simultaneous([raw[c][m] for c in order])):
                 raw[c][m]["ci95_adj"] = adj
         differences[base] = {c: _rounded_diff(raw[c]) for c in order}
+    lower = HEADLINE[task] in LOWER_IS_BETTER
+    ranks = {c: sorted((v for v in tested if variants[v][c][HEADLINE[task]]["mean"] is not None),
+                       key=lambda v: variants[v][c][HEADLINE[task]]["mean"] * (1 if lower else -1)) for c in order}
     reference = {}
     if REFERENCE in preds:
         ref = seed_values(task, preds[REFERENCE][rate_key(0.0)], truth)
@@ -160,6 +168,7 @@ def summarize_comparison(data: TRMLData, preds: dict[str, dict[str, np.ndarray]]
                    "seed_level": len(compare_cfg.seeds) >= 2,
                    "resamples": compare_cfg.bootstrap, "seed": boot_seed},
         "variants": variants, "differences": differences, "reference": reference,
+        "ranks": ranks,                # per condition: the models by mean headline metric, best first
         "provenance": data.provenance(),
     }
 
@@ -177,6 +186,9 @@ def headline(results: dict, rates: list[str]) -> dict:
     if diff is not None:
         lo, hi = diff["ci95_adj"] or (None, None)          # the adjusted interval, the one the report marks
         out.update({f"vs_zf_{main}": diff["mean"], "vs_zf_lo": lo, "vs_zf_hi": hi})
+    ranking = results.get("ranks", {}).get(RATE_MEAN, [])
+    if any(v not in TRML_VARIANTS for v in ranking):    # other models than trml's ablations: where trml stands
+        out["rank"] = float(ranking.index("trml") + 1) if "trml" in ranking else None
     return out
 
 

@@ -5,7 +5,7 @@ in params.yaml with the paper's wording where there is one. Every key has a `des
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -15,7 +15,9 @@ from trml.metrics import CLASSIFICATION_KEYS, REGRESSION_KEYS
 
 MODALITIES = ("text", "vision", "audio", "face")
 Modality = Literal["text", "vision", "audio", "face"]
-Variant = Literal["trml", "zero_fill", "no_sml", "upper_bound"]
+# A model name (trml/registry.py): TRML's variants, the baselines lf_dnn, tfn, mult, an entry point of group
+# "trml.models", or an import path "package.module:Class". Resolved when a run starts, not here.
+Variant = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")]
 # What can pick best.pt: the task loss or any metric key (fit checks that the key is one of the data's task).
 EarlyStopOn = Literal[("loss", *REGRESSION_KEYS, *CLASSIFICATION_KEYS)]
 
@@ -59,7 +61,8 @@ class ModelConfig(Strict):
 
 
 class TrainConfig(Strict):
-    variant: Variant = Field("trml", description="trml | zero_fill | no_sml | upper_bound")
+    variant: Variant = Field("trml", description="the model: trml | zero_fill | no_sml | upper_bound | lf_dnn | "
+                                                 "tfn | mult | an entry point | package.module:Class")
     alpha: float = Field(0.1, ge=0.0, description="weight of L_sml in L = L_task + alpha * L_sml")
     tau: float = Field(0.07, gt=0.0, le=10.0, description="SML temperature")
     sml_detach_real: bool = Field(
@@ -111,8 +114,11 @@ class EvaluateConfig(Strict):
 class CompareConfig(Strict):
     variants: list[Variant] = Field(
         default_factory=lambda: ["trml", "zero_fill", "no_sml", "upper_bound"],
-        description="variants `trml compare` trains and evaluates on the same data and test masks; trml is "
-                    "compared with each of the others")
+        description="models `trml compare` trains and evaluates on the same data and test masks (names as "
+                    "train.variant); trml is compared with each of the others")
+    model_code: str = Field(
+        "trml", description="the folder (or file) of your own models' code, a DVC dependency of the train, "
+                            "evaluate and compare stages (docs/models.md); trml: the built-in models only")
     seeds: list[int] = Field(
         default_factory=lambda: [0, 1, 2],
         description="train.seed of each training run: every variant is trained once per seed (a model already "

@@ -32,7 +32,8 @@ from trml.config import EvaluateConfig, ModelConfig, TrainConfig
 from trml.data import TRMLData, load_dataset
 from trml.metrics import HEADLINE, compute_metrics, mean_metrics, metric_keys
 from trml.missing import derive_seed, mask_for, pattern_names, rate_key
-from trml.model import TRML, InputSpec
+from trml.model import InputSpec
+from trml.registry import build_model
 from trml.train import memmap_path, predict
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def conditions(names: list[str], eval_cfg: EvaluateConfig) -> list[str]:
     return [rate_key(r) for r in eval_cfg.test_missing_rates] + (pattern_names(names) if eval_cfg.patterns else [])
 
 
-def evaluate_split(model: TRML, data: TRMLData, split: str, conds: list[str],
+def evaluate_split(model: torch.nn.Module, data: TRMLData, split: str, conds: list[str],
                    eval_cfg: EvaluateConfig) -> dict[str, dict]:
     """{condition: metrics} on one split; {} when the manifest has no labelled rows in it."""
     idx = data.indices(split)
@@ -96,12 +97,12 @@ def condition_masks(data: TRMLData, split: str, conds: list[str], eval_cfg: Eval
     return out
 
 
-def predict_masks(model: TRML, data: TRMLData, idx: torch.Tensor, masks: list[torch.Tensor]) -> list[np.ndarray]:
+def predict_masks(model: torch.nn.Module, data: TRMLData, idx: torch.Tensor, masks: list[torch.Tensor]) -> list[np.ndarray]:
     """The model's outputs for rows idx under each mask."""
     return [predict(model, data, idx, mask, EVAL_BATCH) for mask in masks]
 
 
-def load_model(path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, data: TRMLData) -> tuple[TRML, dict]:
+def load_model(path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, data: TRMLData) -> tuple[torch.nn.Module, dict]:
     """The best.pt of a run, checked against the settings and data it is asked to stand for."""
     device = torch.device(resolve_device(train_cfg.device, "train.device"))
     ckpt = load_checkpoint(path, device)
@@ -117,7 +118,7 @@ def load_model(path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, data:
                               f"directory (manifest or feature files changed). Run `trml train` again.")
     specs = [InputSpec(i["name"], i["kind"], i["dim"]) for i in ckpt["inputs"]]
     torch.manual_seed(0)          # construction draws random init; it is overwritten by the state dict
-    model = TRML(model_cfg, specs, ckpt["n_outputs"], train_cfg.variant).to(device)
+    model = build_model(train_cfg.variant, model_cfg, specs, ckpt["n_outputs"]).to(device)
     model.load_state_dict(ckpt["model"])
     model.eval()
     data.to(device)

@@ -109,10 +109,12 @@ class MMIGenerator(nn.Module):
 
 @dataclass
 class Output:
-    pred: torch.Tensor       # (B,) regression | (B, C) class logits
-    real: torch.Tensor       # (B, K, H): encoder outputs (meaningful where mask is True)
-    virtual: torch.Tensor    # (B, K, H): MMI outputs (zeros for zero_fill or a single modality)
-    mask: torch.Tensor       # (B, K) bool, the mask the forward pass used
+    """What every model returns (trml/registry.py); real and virtual are TRML's, for SML."""
+    pred: torch.Tensor                        # (B,) regression | (B, C) class logits
+    mask: torch.Tensor | None = None          # (B, K) bool, the mask the forward pass used
+    real: torch.Tensor | None = None          # (B, K, H): encoder outputs (meaningful where mask is True)
+    virtual: torch.Tensor | None = None       # (B, K, H): MMI outputs (zeros for zero_fill or a single modality)
+    aux_loss: torch.Tensor | None = None      # a model's own extra loss, added to the task loss as it is
 
 
 class TRML(nn.Module):

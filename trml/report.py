@@ -113,6 +113,14 @@ def render_markdown(results: dict) -> str:
         out.append(f"| {name} (reference: trained and tested on complete data) | {cell} |"
                    + " |" * (len(t["headers"]) - 1))
     out += ["", f"Bold: the best variant of each column. {_mean_note()}", ""]
+    ranks = results.get("ranks", {})
+    if ranks and max(len(r) for r in ranks.values()) >= 3:
+        depth = max(len(r) for r in ranks.values())
+        out += [f"Rank by mean {t['metric']} (1 = best; the intervals below say which gaps are real):", ""]
+        out += _md_table("rank", t["headers"], [(str(i + 1), [r[i] if i < len(r) else "–"
+                                                              for r in (ranks.get(c, []) for c in t["conditions"])])
+                                                for i in range(depth)])
+        out.append("")
     if t["differences"]:
         sign = "negative" if t["lower_is_better"] else "positive"
         m = results["method"].get("family_size", len(t["headers"]))

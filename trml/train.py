@@ -36,7 +36,9 @@ from trml.data import TRMLData, load_dataset
 from trml.losses import sml_loss, task_loss
 from trml.metrics import LOWER_IS_BETTER, compute_metrics, metric_keys
 from trml.missing import derive_seed, drop_at_rate
-from trml.model import TRML, InputSpec
+from trml.model import InputSpec
+from trml.registry import build_model, forward
+from trml.registry import uses_sml as model_uses_sml
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def fit(data: TRMLData, model_cfg: ModelConfig, train_cfg: TrainConfig, models_d
 @dataclass
 class Run:
     """What one training run carries from epoch to epoch."""
-    model: TRML
+    model: torch.nn.Module
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None        # None: full precision
@@ -111,7 +113,7 @@ def start_run(data: TRMLData, model_cfg: ModelConfig, cfg: TrainConfig, device: 
     specs = input_specs(data)
     signature = run_signature(model_cfg, cfg, data)
     torch.manual_seed(cfg.seed)
-    model = TRML(model_cfg, specs, data.n_outputs, cfg.variant).to(device)
+    model = build_model(cfg.variant, model_cfg, specs, data.n_outputs).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"epoch": -1, "best_epoch": -1, "best_score": None, "bad_epochs": 0, "stopped": False, "log": []}
     if cfg.resume:
@@ -158,11 +160,11 @@ def train_one_epoch(run: Run, data: TRMLData, cfg: TrainConfig, epoch: int) -> t
         batch, y, m = data.batch(idx), data.y[idx], mask[start:start + cfg.batch_size]
         data_s += time.perf_counter() - td
         with autocast(run.device, run.amp_dtype):
-            o = run.model(batch, m)
+            o = forward(run.model, run.specs, batch, m)
         l_task = task_loss(o.pred, y, data.task, cfg.regression_loss)
         l_sml = (sml_loss(o.real, o.virtual, m, cfg.tau, cfg.sml_detach_real) if run.sml
                  else torch.zeros((), device=run.device))
-        loss = l_task + cfg.alpha * l_sml
+        loss = l_task + cfg.alpha * l_sml + (o.aux_loss if o.aux_loss is not None else 0.0)
         run.opt.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
@@ -232,7 +234,7 @@ def write_summary(run: Run, data: TRMLData, model_cfg: ModelConfig, cfg: TrainCo
 
 
 @torch.inference_mode()
-def predict(model: TRML, data: TRMLData, idx: torch.Tensor, mask: torch.Tensor, batch_size: int,
+def predict(model: torch.nn.Module, data: TRMLData, idx: torch.Tensor, mask: torch.Tensor, batch_size: int,
             amp_dtype: torch.dtype | None = None) -> np.ndarray:
     """Model outputs for rows idx under mask (len(idx), K): scores (n,) or logits (n, C), float32 numpy."""
     model.eval()
@@ -241,7 +243,7 @@ def predict(model: TRML, data: TRMLData, idx: torch.Tensor, mask: torch.Tensor, 
     for start in range(0, len(idx), max(batch_size, 256)):
         sl = slice(start, start + max(batch_size, 256))
         with autocast(device, amp_dtype):
-            outs.append(model(data.batch(idx[sl]), mask[sl].to(device)).pred.float().cpu())
+            outs.append(forward(model, input_specs(data), data.batch(idx[sl]), mask[sl].to(device)).pred.float().cpu())
     if not outs:
         return np.zeros((0,) if data.n_outputs == 1 else (0, data.n_outputs), np.float32)
     return torch.cat(outs).numpy()
@@ -259,7 +261,7 @@ def train_missing_rate(train_cfg: TrainConfig) -> float:
 
 
 def uses_sml(train_cfg: TrainConfig) -> bool:
-    return train_cfg.variant in ("trml", "upper_bound") and train_cfg.alpha > 0
+    return model_uses_sml(train_cfg.variant) and train_cfg.alpha > 0
 
 
 def input_specs(data: TRMLData) -> list[InputSpec]:

@@ -1,0 +1,122 @@
+"""Models by name: TRML's variants, the field's baselines, and your own (docs/models.md).
+
+What a model is, for the harness (training loop, resume, seeds, masks, intervals, reports):
+
+    Model(model_cfg: ModelConfig, inputs: list[InputSpec], n_outputs: int)   an nn.Module
+    model(batch, mask) -> Output
+        batch  {modality: (x, lengths)}: x (B, d) for an embedding, (B, T, d) for a sequence with
+               lengths (B,); only the enabled modalities, in the order of `inputs`
+        mask   (B, K) bool, True where modality k is there
+        Output(pred, aux_loss=None): pred (B,) scores for regression, (B, n_outputs) logits for
+               classification; aux_loss, a scalar tensor, is added to the task loss as it is
+
+The harness keeps the masked-input contract for every model, not the model's author: before any forward
+it replaces a masked modality's input by zeros and its length by 1, and zeros the padding beyond each
+length (`sanitize`), so what a masked entry held cannot reach the model.
+
+Names (train.variant, compare.variants):
+    trml, no_sml, zero_fill, upper_bound   TRML and its ablations (trml/model.py)
+    lf_dnn, tfn, mult                      the field's baselines (trml/baselines.py)
+    an entry point of group "trml.models"  `[project.entry-points."trml.models"] mynet = "mypkg.nets:MyNet"`
+    "package.module:Class"                 any importable class, e.g. mypkg.nets:MyNet
+A model outside trml/ adds the sha256 of its module's source to its run signature, so a changed model is
+trained again rather than reused; compare.model_code names its folder as a DVC dependency.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from common.errors import ParamsError
+from trml.config import ModelConfig
+from trml.model import TRML, InputSpec
+
+TRML_VARIANTS = ("trml", "no_sml", "zero_fill", "upper_bound")
+BASELINES = {"lf_dnn": "trml.baselines:LFDNN", "tfn": "trml.baselines:TFN", "mult": "trml.baselines:MulT"}
+ENTRY_POINT_GROUP = "trml.models"
+
+
+def model_class(name: str) -> type[nn.Module]:
+    """The class behind a model name (see the module docstring); a ParamsError naming the fix otherwise."""
+    if name in TRML_VARIANTS:
+        return TRML
+    target = BASELINES.get(name) or _entry_point(name) or name
+    if ":" not in target:
+        known = ", ".join([*TRML_VARIANTS, *BASELINES])
+        raise ParamsError(f"model {name!r} is not known: use one of {known}, an entry point of group "
+                          f"{ENTRY_POINT_GROUP!r}, or an import path 'package.module:Class'")
+    module_name, _, attr = target.partition(":")
+    if str(Path.cwd()) not in sys.path:       # a package in the project folder, as `python -m` would find it
+        sys.path.append(str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ParamsError(f"model {name!r}: module {module_name!r} cannot be imported ({exc}); install the "
+                          f"package or put its folder on PYTHONPATH") from exc
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ParamsError(f"model {name!r}: {module_name} has no torch.nn.Module class {attr!r}")
+    return cls
+
+
+def build_model(name: str, model_cfg: ModelConfig, inputs: list[InputSpec], n_outputs: int) -> nn.Module:
+    cls = model_class(name)
+    if cls is TRML:
+        return TRML(model_cfg, inputs, n_outputs, name)
+    return cls(model_cfg, list(inputs), n_outputs)
+
+
+def is_external(name: str) -> bool:
+    """A model whose code lives outside this project's trml/ package."""
+    return not model_class(name).__module__.startswith("trml.")
+
+
+def code_fingerprint(name: str) -> str | None:
+    """sha256 of an external model's module source (None for the built-ins, versioned with trml/)."""
+    if not is_external(name):
+        return None
+    path = Path(inspect.getfile(model_class(name)))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def uses_sml(name: str) -> bool:
+    """Only TRML (and its upper bound) has the virtual representations that SML aligns."""
+    return name in ("trml", "upper_bound")
+
+
+def sanitize(inputs: list[InputSpec], batch: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+             mask: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """The batch as every model sees it: a masked modality is zeros (length 1), padding is zeros.
+
+    torch.where, not a product: a NaN or inf in a masked entry must not survive as NaN * 0."""
+    out = {}
+    for k, spec in enumerate(inputs):
+        x, lengths = batch[spec.name]
+        present = mask[:, k].bool()
+        if spec.kind == "emb":
+            out[spec.name] = (torch.where(present.unsqueeze(-1), x, torch.zeros_like(x)), None)
+            continue
+        steps = torch.arange(x.shape[1], device=x.device)
+        valid = present.unsqueeze(1) & (steps.unsqueeze(0) < lengths.unsqueeze(1))
+        out[spec.name] = (torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x)),
+                          torch.where(present, lengths.clamp(1, x.shape[1]), torch.ones_like(lengths)))
+    return out
+
+
+def forward(model: nn.Module, inputs: list[InputSpec], batch: dict, mask: torch.Tensor):
+    """The one way the harness calls a model: on the sanitised batch."""
+    return model(sanitize(inputs, batch, mask), mask.bool())
+
+
+def _entry_point(name: str) -> str | None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return ep.value
+    return None
