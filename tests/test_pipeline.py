@@ -240,3 +240,24 @@ def test_imported_mmsa_pickle_trains_through_the_same_stages(tmp_path):
     assert ran_stages(proc.stdout) == {f"train_mmsa@{name}", f"evaluate_mmsa@{name}"}
     lineage = json.loads((project / f"reports/{name}/evaluate_lineage.json").read_text())["trml"]
     assert set(lineage["provenance"]["modalities"]) == {"text", "audio"}
+
+
+def test_your_own_model_is_a_dvc_dependency(project):
+    """docs/models.md's example in the demo project: compared through `dvc repro`, and a change to its code
+    makes `dvc status` report the compare stage (compare.model_code names its folder as a dependency).
+    Last in this module: it changes the project's params."""
+    from tests.test_models import docs_example
+    code, registration, _ = docs_example()
+    (project / "mypkg").mkdir()
+    (project / "mypkg" / "__init__.py").write_text("")
+    (project / "mypkg" / "nets.py").write_text(code)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["compare"].update(registration["compare"])
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "compare@sample"], project, timeout=1500)
+    res = json.loads((project / "reports/sample/compare.json").read_text())
+    assert "mypkg.nets:MeanNet" in res["variants"] and res["differences"]["mypkg.nets:MeanNet"]["rate_mean"]["mae"]["ci95"]
+    assert "compare@sample" not in run(["dvc", "status"], project).stdout
+    (project / "mypkg" / "nets.py").write_text(code.replace("one linear layer", "one linear layer, edited"))
+    status = run(["dvc", "status", "compare@sample"], project).stdout
+    assert "compare@sample" in status and "mypkg" in status, status
