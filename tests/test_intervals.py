@@ -154,3 +154,21 @@ def test_the_outside_check_imports_nothing_from_the_project():
     modules = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     modules |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert modules <= {"__future__", "json", "pathlib", "numpy", "pyarrow", "scipy"}, modules
+
+
+if __name__ == "__main__":
+    # docs/architecture.md's coverage table: python -m tests.test_intervals [TRIALS]
+    import sys
+    trials = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    for n_seeds in (3, 5, 10):
+        for regime in REGIMES:
+            rng = np.random.default_rng(2026)
+            hits: dict[str, int] = {}
+            widths: dict[str, list[float]] = {}
+            for trial in range(trials):
+                truth, a, b, true = simulate(rng, regime, n_seeds)
+                for method, (lo, hi) in intervals(truth, a, b, trial).items():
+                    hits[method] = hits.get(method, 0) + int(lo <= true <= hi)
+                    widths.setdefault(method, []).append(hi - lo)
+            print(f"S={n_seeds} {regime}: " + ", ".join(f"{m} {h / trials:.3f} (w {np.median(widths[m]):.3f})"
+                                                     for m, h in hits.items()), flush=True)
