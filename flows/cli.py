@@ -12,13 +12,11 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import get_args
 
 from common.errors import USER_ERROR_EXIT, UserError, one_line
 from common.layout import manifest_path
 from features.config import FEATURE_SETS
 from flows.params import PARAMS_FILE, ParamsError, default_params, load_params
-from trml.config import Variant
 
 log = logging.getLogger("trml")
 
@@ -69,7 +67,7 @@ def cmd_train(args) -> int:
     from trml.train import train
     p = _params(args)
     model = p.model_for(args.dataset)          # a raw dataset, or an imported MMSA pickle (its own modalities)
-    cfg = p.train if args.variant is None else p.train.model_copy(update={"variant": args.variant})
+    cfg = p.train if args.variant is None else p.with_option("train", "variant", args.variant).train
     train(args.dataset, model, cfg, data_dir=Path(args.data_dir), models_dir=Path(args.models_dir),
           plots_dir=Path(args.plots_dir))
     return 0
@@ -226,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--data-dir", default="data")
         s.add_argument("--models-dir", default="models")
         if name == "train":
-            s.add_argument("--variant", choices=get_args(Variant),
-                           default=None, help="default: params train.variant")
+            s.add_argument("--variant", default=None,
+                           help="a model name (default: params train.variant): trml, no_sml, zero_fill, upper_bound, "
+                                "lf_dnn, tfn, mult, an entry point, or package.module:Class (docs/models.md)")
             s.add_argument("--plots-dir", default="plots",
                            help="the per-epoch log is copied to <plots-dir>/<dataset>/train_<variant>.csv")
         else:
