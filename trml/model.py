@@ -139,8 +139,10 @@ class TRML(nn.Module):
     def forward(self, batch: dict[str, tuple[torch.Tensor, torch.Tensor | None]], mask: torch.Tensor) -> Output:
         """batch: {modality: (x, lengths)} as TRMLData.batch gives; mask (B, K) bool, True = use it."""
         mask = mask.bool()
-        # 1. Encode each modality from its sanitised input (masked rows and padding are zeros).
-        real = torch.stack([self._encode(s, *batch[s.name], mask[:, i]) for i, s in enumerate(self.inputs)], 1)
+        # 1. Encode each modality from its sanitised input (masked rows and padding are zeros). The harness
+        #    sanitises too (trml/registry.py forward); this keeps the contract for a bare call.
+        batch = sanitize(self.inputs, batch, mask)
+        real = torch.stack([self._encode(s, *batch[s.name]) for s in self.inputs], 1)
 
         # 2. MMI: the virtual representation of modality k from the present ones only.
         if self.use_mmi:
@@ -161,17 +163,27 @@ class TRML(nn.Module):
             pred = pred.squeeze(-1)
         return Output(pred=pred, real=real, virtual=virtual, mask=mask)
 
-    def _encode(self, spec: InputSpec, x: torch.Tensor, lengths: torch.Tensor | None,
-                present: torch.Tensor) -> torch.Tensor:
+    def _encode(self, spec: InputSpec, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        return self.encoders[spec.name](x) if spec.kind == "emb" else self.encoders[spec.name](x, lengths)
+
+
+def sanitize(inputs: list[InputSpec], batch: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+             mask: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """The batch as every model sees it (the harness calls it before every forward): a masked modality is zeros (length 1), padding is zeros.
+
+    torch.where, not a product: a NaN or inf in a masked entry must not survive as NaN * 0."""
+    out = {}
+    for k, spec in enumerate(inputs):
+        x, lengths = batch[spec.name]
+        present = mask[:, k].bool()
         if spec.kind == "emb":
-            x = torch.where(present.unsqueeze(-1), x, torch.zeros_like(x))
-            return self.encoders[spec.name](x)
+            out[spec.name] = (torch.where(present.unsqueeze(-1), x, torch.zeros_like(x)), None)
+            continue
         steps = torch.arange(x.shape[1], device=x.device)
         valid = present.unsqueeze(1) & (steps.unsqueeze(0) < lengths.unsqueeze(1))
-        x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
-        # A masked row runs over one zero step: its length (maybe poisoned, maybe 0) is not used.
-        lengths = torch.where(present, lengths.clamp(1, x.shape[1]), torch.ones_like(lengths))
-        return self.encoders[spec.name](x, lengths)
+        out[spec.name] = (torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x)),
+                          torch.where(present, lengths.clamp(1, x.shape[1]), torch.ones_like(lengths)))
+    return out
 
 
 def _drop_column(t: torch.Tensor, k: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ What a model is, for the harness (training loop, resume, seeds, masks, intervals
 
 The harness keeps the masked-input contract for every model, not the model's author: before any forward
 it replaces a masked modality's input by zeros and its length by 1, and zeros the padding beyond each
-length (`sanitize`), so what a masked entry held cannot reach the model.
+length (`trml.model.sanitize`), so what a masked entry held cannot reach the model.
 
 Names (train.variant, compare.variants):
     trml, no_sml, zero_fill, upper_bound   TRML and its ablations (trml/model.py)
@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from common.errors import ParamsError
 from trml.config import ModelConfig
-from trml.model import TRML, InputSpec
+from trml.model import TRML, InputSpec, sanitize
 
 TRML_VARIANTS = ("trml", "no_sml", "zero_fill", "upper_bound")
 BASELINES = {"lf_dnn": "trml.baselines:LFDNN", "tfn": "trml.baselines:TFN", "mult": "trml.baselines:MulT"}
@@ -89,25 +89,6 @@ def code_fingerprint(name: str) -> str | None:
 def uses_sml(name: str) -> bool:
     """Only TRML (and its upper bound) has the virtual representations that SML aligns."""
     return name in ("trml", "upper_bound")
-
-
-def sanitize(inputs: list[InputSpec], batch: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
-             mask: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-    """The batch as every model sees it: a masked modality is zeros (length 1), padding is zeros.
-
-    torch.where, not a product: a NaN or inf in a masked entry must not survive as NaN * 0."""
-    out = {}
-    for k, spec in enumerate(inputs):
-        x, lengths = batch[spec.name]
-        present = mask[:, k].bool()
-        if spec.kind == "emb":
-            out[spec.name] = (torch.where(present.unsqueeze(-1), x, torch.zeros_like(x)), None)
-            continue
-        steps = torch.arange(x.shape[1], device=x.device)
-        valid = present.unsqueeze(1) & (steps.unsqueeze(0) < lengths.unsqueeze(1))
-        out[spec.name] = (torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x)),
-                          torch.where(present, lengths.clamp(1, x.shape[1]), torch.ones_like(lengths)))
-    return out
 
 
 def forward(model: nn.Module, inputs: list[InputSpec], batch: dict, mask: torch.Tensor):
