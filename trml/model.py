@@ -139,8 +139,8 @@ class TRML(nn.Module):
     def forward(self, batch: dict[str, tuple[torch.Tensor, torch.Tensor | None]], mask: torch.Tensor) -> Output:
         """batch: {modality: (x, lengths)} as TRMLData.batch gives; mask (B, K) bool, True = use it."""
         mask = mask.bool()
-        # 1. Encode each modality from its sanitised input (masked rows and padding are zeros). The harness
-        #    sanitises too (trml/registry.py forward); this keeps the contract for a bare call.
+        # 1. Encode each modality from its sanitised input (masked rows and padding are zeros); the harness
+        #    leaves this to TRML (trml/registry.py forward), so it is done once per batch.
         batch = sanitize(self.inputs, batch, mask)
         real = torch.stack([self._encode(s, *batch[s.name]) for s in self.inputs], 1)
 
