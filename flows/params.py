@@ -9,7 +9,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from common.config import Strict
 from common.errors import ParamsError
-from features.config import FEATURE_SETS, DatasetConfig, ExtractConfig, FeatureSet, SampleConfig
+from features.config import DEFAULT_FEATURE_SETS, DatasetConfig, ExtractConfig, FeatureSet, SampleConfig
 from trml.config import CompareConfig, EvaluateConfig, ModalitiesConfig, ModelConfig, TrainConfig
 
 
@@ -55,7 +55,7 @@ class Params(Strict):
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
     # Imported MMSA feature pickles, keyed by dataset name (dvc.yaml: import_mmsa, train_mmsa, ...).
     mmsa_pickles: dict[str, MmsaPickleConfig] = Field(default_factory=dict)
-    feature_sets: list[FeatureSet] = Field(default_factory=lambda: list(FEATURE_SETS), min_length=1)
+    feature_sets: list[FeatureSet] = Field(default_factory=lambda: list(DEFAULT_FEATURE_SETS), min_length=1)
     sample: SampleConfig = SampleConfig()
     extract: ExtractConfig = ExtractConfig()
     model: ModelConfig = ModelConfig()

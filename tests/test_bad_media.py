@@ -16,6 +16,7 @@ from features.config import ExtractConfig
 from features.extractors import MediaItem, build_extractor
 from features.media import SEEK_GAP_S, MediaError, read_audio, read_frames, write_clip
 from features.store import STATUSES, rows_to_table
+from tests.hf_models import tiny_wav2vec2
 
 SR = 16_000
 FPS = 10
@@ -89,11 +90,14 @@ EXPECTED = {
                       "video_only": "no_audio_stream", "audio_only": None, "silent": "silent", "no_face": None,
                       "short": "too_short", "odd": None, "long": None},
 }
+# The other audio sets follow audio_librosa's rules: same statuses for the same files.
+EXPECTED["audio_opensmile"] = EXPECTED["audio_ssl"] = EXPECTED["audio_librosa"]
 
 
 @pytest.fixture(scope="module")
-def cfg() -> ExtractConfig:
+def cfg(tmp_path_factory) -> ExtractConfig:
     return ExtractConfig.model_validate({
+        "audio_ssl": {"model": str(tiny_wav2vec2(tmp_path_factory.mktemp("models") / "wav2vec2-tiny"))},
         "clip": {"pretrained": None},                         # tests are offline: random init
         "decode_workers": 2,
         "vision_clip": {"n_frames": 4, "batch_size": 6},      # batches straddle clips

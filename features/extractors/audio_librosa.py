@@ -13,7 +13,8 @@ import numpy as np
 
 from common.errors import ParamsError
 from features.config import AudioConfig, ExtractConfig
-from features.extractors.base import Extractor, MediaItem, ModelInputs, guarded, status_row, versions
+from features.extractors.base import (Extractor, MediaItem, ModelInputs, guarded, status_row, truncation_detail,
+                                      versions)
 from features.extractors.decoding import DecoderSlot, decode_in_process
 from features.media import AudioClip, read_audio
 from features.store import FeatureRow, TableInfo
@@ -170,11 +171,8 @@ class AudioLibrosaExtractor(Extractor):
         if peak_db < cfg.silence_db:
             return status_row(item, "silent", f"peak frame RMS {peak_db:.1f} dBFS is below silence_db "
                               f"{cfg.silence_db}")
-        detail = None
-        if clip.truncated:
-            total = f"{clip.source_duration_s:.1f} s" if clip.source_duration_s else "longer"
-            detail = f"audio truncated to max_seconds={cfg.max_seconds} (source: {total})"
-        return FeatureRow(utterance_id=item.utterance_id, seq=feats, t=times, detail=detail)
+        return FeatureRow(utterance_id=item.utterance_id, seq=feats, t=times,
+                          detail=truncation_detail(clip, cfg.max_seconds))
 
     def extract(self, items: list[MediaItem]) -> list[FeatureRow]:
         rows: list[FeatureRow | None] = [None] * len(items)

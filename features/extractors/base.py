@@ -15,8 +15,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
+
 from features.config import ExtractConfig
-from features.media import MediaError
+from features.media import AudioClip, MediaError
 from features.store import FeatureRow, MediaItem, TableInfo
 
 log = logging.getLogger(__name__)
@@ -150,3 +152,36 @@ def guarded(item: MediaItem, load: Callable[[Path], T]) -> T | FeatureRow:
         log.warning("%s: unexpected %s while decoding %s: %s", item.utterance_id, type(exc).__name__,
                     item.media_path, exc)
         return status_row(item, "decode_error", f"{item.media_path}: {type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------- audio rules shared by the audio extractors
+
+def peak_frame_db(samples: np.ndarray, sample_rate: int, frame_s: float = 0.025) -> float:
+    """The loudest non-overlapping `frame_s` frame's RMS, in dBFS (-200 for digital silence)."""
+    frame = max(1, int(round(frame_s * sample_rate)))
+    n = samples.size // frame
+    frames = samples[:n * frame].reshape(n, frame) if n else samples[None, :]
+    rms = np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1))
+    return float(20.0 * np.log10(max(float(rms.max()), 1e-10)))
+
+
+def audio_problem(item: MediaItem, clip: AudioClip, min_samples: int, why_min: str,
+                  silence_db: float, key: str) -> FeatureRow | None:
+    """The status row of a clip too short for the model (`why_min` says whose window) or silent, else None.
+    audio_librosa keeps its own silence rule, on its STFT frames."""
+    if clip.samples.size < min_samples:
+        return status_row(item, "too_short", f"{clip.samples.size} samples at {clip.sample_rate} Hz, fewer than "
+                          f"{why_min} ({min_samples} samples)")
+    peak_db = peak_frame_db(clip.samples, clip.sample_rate)
+    if peak_db < silence_db:
+        return status_row(item, "silent", f"peak 25 ms frame RMS {peak_db:.1f} dBFS is below {key}.silence_db "
+                          f"{silence_db}")
+    return None
+
+
+def truncation_detail(clip: AudioClip, max_seconds: float) -> str | None:
+    """The detail of a row whose audio max_seconds cut, else None."""
+    if not clip.truncated:
+        return None
+    total = f"{clip.source_duration_s:.1f} s" if clip.source_duration_s else "longer"
+    return f"audio truncated to max_seconds={max_seconds} (source: {total})"
