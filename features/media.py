@@ -8,6 +8,7 @@ FFmpeg's libraries, which is also why audio is not read with librosa.load.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,9 @@ SEEK_GAP_S = 4.0
 
 # FFmpeg's own decoder threading (slice and frame threads, as many as there are cores).
 VIDEO_THREAD_TYPE = "AUTO"
+
+# Rate sampling: a frame stamped within this of a sampling time counts as on screen at it.
+RATE_EPS_S = 1e-6
 
 
 class MediaError(Exception):
@@ -161,13 +165,16 @@ def _decoded_frames(container, stream, errors: list[str]):
             yield frame, (count - 1) / float(rate)
 
 
-def read_frames(path: str | Path, n: int, *, short_side: int | None = None) -> FrameSample:
-    """Sample `n` frames uniformly in time: the frame on screen at (i + 0.5) * duration / n.
+def read_frames(path: str | Path, n: int, *, short_side: int | None = None, fps: float | str | None = None,
+                max_frames: int = 500) -> FrameSample:
+    """Sample frames: `n` uniformly in time (the frame on screen at (i + 0.5) * duration / n), or with `fps`
+    the frame on screen every 1/fps s from the first (fps "native": the stream's average rate). A clip that
+    would give more than `max_frames` at that rate gets `max_frames` uniformly instead, noted in `notes`.
 
     The clip is decoded once, front to back; when the next sampled time is more than SEEK_GAP_S
     ahead, it seeks there instead (hours-long clips cost n short decodes). Only the chosen frames are
     converted to RGB, and `short_side` folds a resize into that single conversion (swscale, bicubic).
-    A clip with fewer frames than `n` repeats its frames and says so in `notes`.
+    A clip with fewer frames than asked for repeats its frames and says so in `notes`.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -182,7 +189,23 @@ def read_frames(path: str | Path, n: int, *, short_side: int | None = None) -> F
         except av.FFmpegError as exc:
             raise MediaError("decode_error", f"{path}: unreadable while scanning timestamps ({exc})") from None
         duration = duration if duration and duration > 0 else 0.0
-        targets = [start + (i + 0.5) * duration / n for i in range(n)]
+        notes: list[str] = []
+        rate_fps = None
+        if fps is not None:
+            declared = vs.average_rate or vs.base_rate
+            rate_fps = float(declared) if fps == "native" and declared else (None if fps == "native" else float(fps))
+            count = max(1, math.ceil(duration * rate_fps - RATE_EPS_S * rate_fps)) if rate_fps else 0
+            if not rate_fps or count > max_frames:
+                notes.append(f"{count} frames at {rate_fps:g} fps exceed max_frames={max_frames}: {max_frames} sampled "
+                             "uniformly instead" if rate_fps else f"fps native: the stream declares no frame rate; "
+                             f"{max_frames} frames sampled uniformly instead")
+                rate_fps, n = None, max_frames
+        if rate_fps:
+            # The frame on screen at k / rate; the tolerance keeps a frame stamped exactly there from losing
+            # to its predecessor by float rounding.
+            targets = [start + k / rate_fps + RATE_EPS_S for k in range(count)]
+        else:
+            targets = [start + (i + 0.5) * duration / n for i in range(n)]
         picker = _FramePicker(targets, short_side)
         errors: list[str] = []
         sought = -1                  # the target we last sought; never seek twice for one (GOP > gap)
@@ -207,7 +230,7 @@ def read_frames(path: str | Path, n: int, *, short_side: int | None = None) -> F
             raise MediaError("too_short", f"{path}: the video stream has no frames")
         frames = np.stack([arr for arr, _ in picker.chosen])
         times = np.asarray([t - start for _, t in picker.chosen], dtype=np.float32)
-        sample = FrameSample(frames=frames, times=times, decoded=picker.decoded)
+        sample = FrameSample(frames=frames, times=times, decoded=picker.decoded, notes=notes)
         if errors:
             sample.notes.append(f"{len(errors)} damaged packet(s) skipped")
         # The last decoded frame is on screen until one frame period later; sampled times beyond that were
@@ -217,8 +240,11 @@ def read_frames(path: str | Path, n: int, *, short_side: int | None = None) -> F
         unseen = sum(target > start + decoded_s for target in targets)
         if unseen:
             sample.notes.append(f"file cut short: decoded {decoded_s:.3f} s of the {duration:.3f} s that the "
-                                f"container claims; the last frame stands in for {unseen} of {n} samples")
-        elif sample.distinct < n:
+                                f"container claims; the last frame stands in for {unseen} of {len(targets)} samples")
+        elif rate_fps and sample.distinct < len(targets):
+            sample.notes.append(f"{sample.distinct} distinct frame(s) for {len(targets)} samples at {rate_fps:g} fps: "
+                                "the clip's own rate is lower, so frames repeat")
+        elif sample.distinct < n and not rate_fps:
             sample.notes.append(f"clip shorter than one sampling step: {sample.distinct} distinct frame(s) "
                                 f"for {n} samples over {duration:.3f} s")
         return sample

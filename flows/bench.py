@@ -40,10 +40,11 @@ log = logging.getLogger(__name__)
 RSS_POLL_S = 0.2
 MEMORY_DATASET = "bench"
 MOSEI_TEXTS = 22_800          # about CMU-MOSEI's 22,788 transcripts
+FACE_RATE_CLIPS = 48          # clips of 2 s at 25 fps for the face at that rate: 2,400 frames
 
 
 def run_bench(params, sizes: list[int] | None, feature_sets: list[str] | None, out: Path | None) -> dict:
-    from features.bench import bench_feature_set, format_result
+    from features.bench import FACE_RATE_FPS, bench_feature_set, face_at_rate, format_result
     from common.device import resolve_device
 
     sizes = sizes or [params.sample.size, 10 * params.sample.size]
@@ -66,6 +67,21 @@ def run_bench(params, sizes: list[int] | None, feature_sets: list[str] | None, o
                 continue
             report["feature_sets"].append(result.to_dict())
             print(format_result(result), flush=True)
+        if "face_mediapipe" in feature_sets:
+            # The face at MMSA-FET's 25 fps, on clips recorded at that rate (the sample's own are 10 fps).
+            label = f"face_mediapipe@{FACE_RATE_FPS:g}fps"
+            try:
+                rated = params.model_copy(update={"sample": params.sample.model_copy(update={"fps": int(FACE_RATE_FPS)})})
+                rate_manifest = make_dataset(rated, min(params.sample.size, FACE_RATE_CLIPS), tmp / "face-rate")
+                result = bench_feature_set("face_mediapipe", items_for("face_mediapipe", rate_manifest),
+                                           face_at_rate(params.extract), device=device, label=label)
+            except Exception as exc:
+                log.exception("bench %s failed", label)
+                errors.append(f"{label}: {type(exc).__name__}: {exc}")
+                report["feature_sets"].append({"feature_set": label, "error": errors[-1]})
+            else:
+                report["feature_sets"].append(result.to_dict())
+                print(format_result(result), flush=True)
         print("== peak memory of `trml extract --all` (fresh shard cache)", flush=True)
         for size in sizes:
             work = tmp / f"size-{size}"

@@ -12,6 +12,7 @@ import pytest
 from skimage.data import astronaut
 from skimage.transform import resize
 
+from features.bench import face_at_rate
 from features.config import ExtractConfig
 from features.extractors import MediaItem, build_extractor
 from features.media import SEEK_GAP_S, MediaError, read_audio, read_frames, write_clip
@@ -92,6 +93,8 @@ EXPECTED = {
 }
 # The other audio sets follow audio_librosa's rules: same statuses for the same files.
 EXPECTED["audio_opensmile"] = EXPECTED["audio_ssl"] = EXPECTED["audio_librosa"]
+# ... and the face at 25 fps (VIDEO mode, landmarkers side by side) the face's.
+EXPECTED["face_mediapipe@25fps"] = EXPECTED["face_mediapipe"]
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +113,8 @@ def cfg(tmp_path_factory) -> ExtractConfig:
 def test_each_defect_gets_its_status_and_good_rows_are_unaffected(feature_set, media, cfg):
     expected = EXPECTED[feature_set]
     items = [MediaItem(name, media[name], None) for name in expected]
+    feature_set, _, setting = feature_set.partition("@")
+    cfg = face_at_rate(cfg) if setting else cfg
     with build_extractor(feature_set, cfg) as extractor:
         rows = extractor.extract(items)
         alone = extractor.extract([MediaItem("good", media["good"], None)])[0]

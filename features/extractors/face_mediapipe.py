@@ -1,4 +1,6 @@
-"""face_mediapipe: the mediapipe Tasks FaceLandmarker on n frames sampled uniformly per clip.
+"""face_mediapipe: the mediapipe Tasks FaceLandmarker on frames sampled per clip: n_frames uniformly in time (the
+default), or at a rate (fps: 25 as MMSA-FET, or native). Dense frames go through mediapipe's VIDEO mode (tracking:
+the detector runs only when the track is lost), with a fresh landmarker per clip; sparse ones through IMAGE mode.
 
 Per frame: the 52 blendshape scores, head pose (yaw, pitch, roll in degrees) from the facial
 transformation matrix, and a face_found flag. Frames without a face are zeros with face_found = 0;
@@ -9,11 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
 import re
 import sys
 import tempfile
 import threading
-from contextlib import contextmanager
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +45,9 @@ BLENDSHAPES = [
     "noseSneerLeft", "noseSneerRight",
 ]
 POSE = ["yaw_deg", "pitch_deg", "roll_deg"]
+# auto running mode: tracking (VIDEO) holds when consecutive sampled frames are at most this far apart (10 fps and
+# up); sparser frames, such as the default 8 per clip, are detected one by one (IMAGE).
+TRACKING_MAX_GAP_S = 0.1
 FEATURE_NAMES = BLENDSHAPES + POSE + ["face_found"]
 
 log = logging.getLogger(__name__)
@@ -110,6 +118,7 @@ class FaceMediapipeExtractor(Extractor):
         super().__init__(device)
         self.cfg = cfg.face_mediapipe
         self.decode_workers = cfg.decode_workers
+        self.landmarkers = cfg.landmarkers
         self.weights = face_landmarker_path(self.cfg.model_path)
         self.model_bytes = self.weights.path.read_bytes()
         with self.landmarker():      # fail at build time, not on the first clip, if the file is not a model
@@ -121,8 +130,10 @@ class FaceMediapipeExtractor(Extractor):
         return {"weights_id": weights.weights_id, "sha256": weights.sha256, "path": str(weights.path)}
 
     def info(self) -> TableInfo:
-        params = {**self.cfg.model_dump(mode="json"), "running_mode": "IMAGE", "num_faces": 1,
-                  "sampling": "uniform: frame shown at (i+0.5)*duration/n_frames",
+        # The count mode's record is what it was before rate sampling existed: default tables keep their bytes.
+        params = {**self.cfg.model_dump(mode="json", exclude={"n_frames", "fps", "max_frames", "running_mode"}),
+                  **self.cfg.sampling_params(), "running_mode": self.running_mode_record(), "num_faces": 1,
+                  "sampling": self.cfg.sampling_record(),
                   "pose": "degrees; R = Rz(roll) Ry(yaw) Rx(pitch) of the facial transformation matrix",
                   "versions": versions("mediapipe", "av")}
         # mediapipe runs on the CPU here whatever extract.device says.
@@ -131,14 +142,26 @@ class FaceMediapipeExtractor(Extractor):
                          extractor_version=self.extractor_version, weights_id=self.weights.weights_id,
                          weights_sha256=self.weights.sha256, feature_names=list(FEATURE_NAMES), params=params)
 
+    def running_mode_record(self) -> str:
+        if self.cfg.running_mode == "auto" and self.cfg.fps is not None:
+            return f"auto: VIDEO where the sampled frames are at most {TRACKING_MAX_GAP_S} s apart, else IMAGE"
+        return "VIDEO" if self.cfg.running_mode == "video" else "IMAGE"
+
+    def tracks(self, times: np.ndarray) -> bool:
+        """Whether a clip's sampled frames go through VIDEO mode (tracking) rather than IMAGE mode."""
+        if self.cfg.running_mode != "auto":
+            return self.cfg.running_mode == "video"
+        return self.cfg.fps is not None and times.size > 1 and float(np.median(np.diff(times))) <= TRACKING_MAX_GAP_S
+
     @contextmanager
-    def landmarker(self):
-        """A FaceLandmarker in IMAGE mode. One per extract() call, so concurrent calls never share one."""
+    def landmarker(self, video: bool = False):
+        """A FaceLandmarker in IMAGE mode, or in VIDEO mode (one per clip: its tracking state is that clip's).
+        IMAGE landmarkers are reused across clips by one thread at a time, never shared between threads."""
         from mediapipe.tasks.python import BaseOptions, vision
 
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_buffer=self.model_bytes),
-            running_mode=vision.RunningMode.IMAGE, num_faces=1,
+            running_mode=vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE, num_faces=1,
             min_face_detection_confidence=self.cfg.min_face_detection_confidence,
             output_face_blendshapes=True, output_facial_transformation_matrixes=True)
         try:
@@ -151,7 +174,7 @@ class FaceMediapipeExtractor(Extractor):
             yield lm
 
     def decode(self, path: Path) -> FrameSample:
-        return read_frames(path, self.cfg.n_frames)
+        return read_frames(path, self.cfg.n_frames, fps=self.cfg.fps, max_frames=self.cfg.max_frames)
 
     def model_inputs(self, items: list[MediaItem]) -> ModelInputs:
         import mediapipe as mp
@@ -183,28 +206,65 @@ class FaceMediapipeExtractor(Extractor):
         vec[-1] = 1.0
         return vec
 
-    def detect_frames(self, landmarker, frames: np.ndarray) -> np.ndarray:
+    def detect_frames(self, landmarker, frames: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
+        """Each frame's features; with `times`, through a VIDEO-mode landmarker at those timestamps."""
         import mediapipe as mp
 
-        return np.stack([self.frame_vector(landmarker.detect(
-            mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(f)))) for f in frames])
+        images = (mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(f)) for f in frames)
+        if times is None:
+            return np.stack([self.frame_vector(landmarker.detect(image)) for image in images])
+        return np.stack([self.frame_vector(landmarker.detect_for_video(image, ms))
+                         for image, ms in zip(images, video_timestamps_ms(times))])
+
+    def row_for(self, item: MediaItem, sample: FrameSample, image_landmarkers: queue.SimpleQueue) -> FeatureRow:
+        if self.tracks(sample.times):
+            with self.landmarker(video=True) as lm:          # fresh tracking state for every clip
+                seq = self.detect_frames(lm, sample.frames, sample.times)
+        else:
+            lm = image_landmarkers.get()
+            try:
+                seq = self.detect_frames(lm, sample.frames)
+            finally:
+                image_landmarkers.put(lm)
+        found = int(seq[:, -1].sum())
+        if found == 0:
+            return status_row(item, "no_face", f"no face in any of {len(seq)} sampled frames")
+        notes = list(sample.notes)
+        if found < len(seq):
+            notes.append(f"face found in {found} of {len(seq)} frames")
+        return FeatureRow(utterance_id=item.utterance_id, seq=seq, t=sample.times, detail="; ".join(notes) or None)
 
     def extract(self, items: list[MediaItem]) -> list[FeatureRow]:
+        """Decoding threads (extract.decode_workers) stay ahead of `landmarkers` detection threads, which work
+        on different clips side by side (PyAV and mediapipe release the GIL). Each clip is detected by one
+        thread, so a row never depends on which thread, or which clips, came before it."""
         rows: list[FeatureRow | None] = [None] * len(items)
-        with self.landmarker() as lm:
+        width = self.landmarkers
+        with ExitStack() as stack:
+            image_landmarkers: queue.SimpleQueue = queue.SimpleQueue()
+            for _ in range(width):
+                image_landmarkers.put(stack.enter_context(self.landmarker()))
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=width, thread_name_prefix="landmarker"))
+            pending: deque = deque()
             for i, result in prefetch(lambda it: guarded(it, self.decode), items, self.decode_workers,
-                                      2 * self.decode_workers):
+                                      2 * self.decode_workers + width):
                 if isinstance(result, FeatureRow):
                     rows[i] = result
                     continue
-                seq = self.detect_frames(lm, result.frames)
-                found = int(seq[:, -1].sum())
-                if found == 0:
-                    rows[i] = status_row(items[i], "no_face", f"no face in any of {len(seq)} sampled frames")
-                    continue
-                notes = list(result.notes)
-                if found < len(seq):
-                    notes.append(f"face found in {found} of {len(seq)} frames")
-                rows[i] = FeatureRow(utterance_id=items[i].utterance_id, seq=seq, t=result.times,
-                                     detail="; ".join(notes) or None)
+                pending.append((i, pool.submit(self.row_for, items[i], result, image_landmarkers)))
+                while len(pending) > 2 * width:              # bounded: decoded frames wait for a free thread
+                    j, done = pending.popleft()
+                    rows[j] = done.result()
+            for j, done in pending:
+                rows[j] = done.result()
         return rows
+
+
+def video_timestamps_ms(times: np.ndarray) -> list[int]:
+    """VIDEO mode's timestamps: each frame's time in ms, made strictly increasing (a clip slower than the
+    sampling rate repeats a frame, and with it its time)."""
+    out: list[int] = []
+    for t in times:
+        ms = int(round(float(t) * 1000))
+        out.append(ms if not out or ms > out[-1] else out[-1] + 1)
+    return out

@@ -51,8 +51,10 @@ class VisionClipExtractor(Extractor):
         return clip_source(cfg.clip.model, cfg.clip.pretrained, cfg.clip.seed).identity()
 
     def info(self) -> TableInfo:
-        params = {"clip": self.clip_cfg.model_dump(mode="json"), **self.cfg.model_dump(mode="json"),
-                  "normalize": "l2", "sampling": "uniform: frame shown at (i+0.5)*duration/n_frames",
+        # The count mode's record is what it was before rate sampling existed: default tables keep their bytes.
+        params = {"clip": self.clip_cfg.model_dump(mode="json"),
+                  **self.cfg.model_dump(mode="json", exclude={"n_frames", "fps", "max_frames"}),
+                  **self.cfg.sampling_params(), "normalize": "l2", "sampling": self.cfg.sampling_record(),
                   "preprocess": {**self.preprocess_cfg, "resize": "swscale bicubic, shortest side"
                                  if self.fast_path else "open_clip PIL transform"},
                   "autocast": dtype_name(amp_dtype(self.device)),
@@ -67,7 +69,8 @@ class VisionClipExtractor(Extractor):
 
     def decode(self, path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(model input pixels, frame times, notes); the decoded frames themselves are dropped here."""
-        sample = read_frames(path, self.cfg.n_frames, short_side=self.size[0] if self.fast_path else None)
+        sample = read_frames(path, self.cfg.n_frames, short_side=self.size[0] if self.fast_path else None,
+                             fps=self.cfg.fps, max_frames=self.cfg.max_frames)
         return self.crop(sample.frames), sample.times, sample.notes
 
     def crop(self, frames: np.ndarray):
@@ -136,7 +139,8 @@ class VisionClipExtractor(Extractor):
             self.forward(inputs.data[start:start + bs])
 
     def extract(self, items: list[MediaItem]) -> list[FeatureRow]:
-        n, bs = self.cfg.n_frames, self.cfg.batch_size
+        bs = self.cfg.batch_size
+        n = self.cfg.n_frames if self.cfg.fps is None else 50      # frames per clip, to size the look-ahead
         rows: list[FeatureRow | None] = [None] * len(items)
         meta: dict[int, tuple[np.ndarray, list[str]]] = {}     # row index -> (frame times, notes)
         embedded: dict[int, list[np.ndarray]] = {}
@@ -162,7 +166,7 @@ class VisionClipExtractor(Extractor):
             for i, k in owners:
                 embedded[i].append(emb[pos:pos + k])
                 pos += k
-                if sum(e.shape[0] for e in embedded[i]) == n:
+                if sum(e.shape[0] for e in embedded[i]) == meta[i][0].size:
                     times, notes = meta.pop(i)
                     rows[i] = FeatureRow(utterance_id=items[i].utterance_id, seq=np.concatenate(embedded.pop(i)),
                                          t=times, detail="; ".join(notes) or None)
