@@ -65,6 +65,20 @@ def test_opensmile_values_are_the_bare_librarys_on_the_same_signal(feature_set, 
             assert info.kind == "emb" and info.dim == 88
 
 
+def test_a_fifth_of_a_second_of_speech_is_a_row_for_every_audio_set(tmp_path, wav2vec2):
+    """0.2 s is more than every window (librosa's n_fft, openSMILE's 60 ms, wav2vec 2.0's 25 ms): a present row
+    in each, as short as it is; below a window each says too_short (tests/test_bad_media.py)."""
+    clip = write_clip(tmp_path / "fifth.mp4", None, audio=voice(0.2), sample_rate=SR)
+    cfg = ExtractConfig.model_validate({"audio_ssl": {"model": str(wav2vec2)}})
+    steps = {}
+    for fs in ("audio_librosa", "audio_opensmile", "audio_ssl"):
+        with build_extractor(fs, cfg) as extractor:
+            row = extractor.extract([MediaItem("fifth", clip)])[0]
+        assert row.status == "ok" and np.isfinite(row.seq).all(), (fs, row.status, row.detail)
+        steps[fs] = row.seq.shape[0]
+    assert steps == {"audio_librosa": 1 + 3200 // 512, "audio_opensmile": 16, "audio_ssl": 9}
+
+
 # ---------------------------------------------------------------- audio_ssl
 
 def test_audio_ssl_runs_a_local_folder_offline_and_takes_the_layer_asked_for(speech, wav2vec2):
