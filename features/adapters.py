@@ -8,6 +8,8 @@ Choices where real files are messy (documented in the README):
 - CSVs are read as UTF-8 with an optional BOM; a file that is not valid UTF-8 is read as cp1252
   (with a warning), which is what Windows-exported label files usually are. Text is never "cleaned".
 - Extra columns are ignored; a missing required column is an error that names the file and column.
+  The MMSA layout's optional unimodal labels label_T, label_A, label_V (CH-SIMS has them) are kept: same
+  rules as label, except that an empty cell (or an absent column) is null.
 - A duplicate utterance id is an error naming both rows. An empty or NaN label is an error naming the
   row (a labelled layout must be labelled); a regression label outside [-3, 3] is an error too.
 - MELD restarts Dialogue_ID in each split, so the utterance id is `<split>/dia{D}_utt{U}` with the
@@ -44,6 +46,7 @@ MELD_SPLITS = {  # MELD file prefix -> (our split, clip folder)
     "test": ("test", "output_repeated_splits_test"),
 }
 MMSA_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
+UNIMODAL_LABELS = ("label_T", "label_A", "label_V")  # optional MMSA columns (CH-SIMS), null when absent
 MELD_COLUMNS = ("Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
                 "StartTime", "EndTime")
 LABEL_RANGE = (-3.0, 3.0)
@@ -75,6 +78,7 @@ class Manifest:
             pa.field("dialogue_id", pa.string()),
             pa.field("start_s", pa.float64()),
             pa.field("end_s", pa.float64()),
+            *(pa.field(name, pa.float64()) for name in UNIMODAL_LABELS),
         ], metadata={
             b"trml.dataset": self.dataset.encode(),
             b"trml.layout": self.layout.encode(),
@@ -131,19 +135,26 @@ def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict
     return rows
 
 
-def parse_label(value: str | None, path: Path, line: int, column: str = "label") -> float:
+def parse_label(value: str | None, path: Path, line: int, column: str = "label",
+                fix: str = "Fix the row, or remove it if it has no annotation.") -> float:
     try:
         label = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise AdapterError(f"{path}:{line}: {column} {value!r} is not a number. "
-                           f"Fix the row, or remove it if it has no annotation.") from None
+        raise AdapterError(f"{path}:{line}: {column} {value!r} is not a number. {fix}") from None
     if math.isnan(label):
-        raise AdapterError(f"{path}:{line}: {column} is NaN. Fix the row, or remove it if it has no annotation.")
+        raise AdapterError(f"{path}:{line}: {column} is NaN. {fix}")
     lo, hi = LABEL_RANGE
     if not lo <= label <= hi:
         raise AdapterError(f"{path}:{line}: {column} {label} is outside [{lo}, {hi}], the MOSI/MOSEI "
                            f"sentiment range. Rescale the labels, or use task: classification.")
     return label
+
+
+def parse_optional_label(value: str | None, path: Path, line: int, column: str) -> float | None:
+    """An optional label column (label_T, label_A, label_V): an empty cell is null, anything else parse_label's."""
+    if value is None or value == "":
+        return None
+    return parse_label(value, path, line, column, fix=f"Fix the cell, or leave it empty ({column} is optional).")
 
 
 def parse_split(value: str | None, path: Path, line: int) -> str:
@@ -192,6 +203,7 @@ def read_mmsa(ds: DatasetConfig) -> Manifest:
             "text": r["text"] or None,
             "label": parse_label(r["label"], path, line),
             "label_class": None,
+            **{name: parse_optional_label(r.get(name), path, line, name) for name in UNIMODAL_LABELS},
         })
     class_names: list[str] = []
     if ds.task == "classification":

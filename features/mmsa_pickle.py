@@ -5,29 +5,31 @@ Their layout: {'train'|'valid'|'test': {'id', 'raw_text', 'text', 'text_bert', '
 length, ids 'video_id$_$clip_id'.
 
 Import writes our manifest plus three feature tables (mmsa_text, mmsa_audio, mmsa_vision) in the
-Parquet contracts; export writes our feature tables back in that layout, so MMSA's models run on them.
+Parquet contracts; the unimodal labels (CH-SIMS's 'regression_labels_T' / '_A' / '_V') become the manifest's
+label_T, label_A, label_V. Export, the other way, is features/mmsa_export.py (kept apart so that the
+import_mmsa stage does not depend on the text encoders export can tokenize with).
 
 Unpickling can run arbitrary code. `load_pickle` therefore uses a restricted unpickler that rebuilds only
 dicts, lists, tuples, strings, numbers and numpy arrays, and refuses anything else by name.
 """
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from common.errors import MissingInputError, UserError
-from common.files import atomic_path, sha256_file
-from common.layout import DATA_DIR, feature_path, manifest_path, read_metadata
-from features.adapters import Manifest, check_unique_ids
+from common.files import sha256_file
+from common.layout import DATA_DIR, feature_path, manifest_path
+from features.adapters import UNIMODAL_LABELS, Manifest, check_unique_ids
 from features.store import FeatureRow, TableInfo, rows_to_table, write_atomic
 
 SPLITS = ("train", "valid", "test")
 MODALITIES = {"text": "mmsa_text", "audio": "mmsa_audio", "vision": "mmsa_vision"}
 IMPORTER_VERSION = "1"
+# The manifest's unimodal label columns and MMSA's pickle keys for them (CH-SIMS).
+UNIMODAL_KEYS = {name: f"regression_labels_{name[-1]}" for name in UNIMODAL_LABELS}
 
 # The globals a pickle of numpy arrays needs: array reconstruction, dtypes and scalars, nothing callable else.
 SAFE_GLOBALS = {
@@ -92,6 +94,14 @@ def _lengths(split: dict, key: str, n: int, arr: np.ndarray) -> np.ndarray:
     return np.where(nonzero.any(axis=1), arr.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 0)
 
 
+def _optional_labels(values, n: int) -> list[float | None]:
+    """A split's optional label key (regression_labels_T, ...) as floats, None where absent or NaN."""
+    if values is None:
+        return [None] * n
+    arr = np.asarray(values, dtype=np.float64).reshape(n)
+    return [None if np.isnan(v) else float(v) for v in arr]
+
+
 def import_mmsa(pkl: Path, dataset: str, data_dir: Path = DATA_DIR) -> dict:
     """Write <data_dir>/index/<dataset>.parquet and <data_dir>/features/<dataset>/mmsa_{text,audio,vision}.parquet.
 
@@ -114,10 +124,11 @@ def import_mmsa(pkl: Path, dataset: str, data_dir: Path = DATA_DIR) -> dict:
         n = len(ids)
         labels = np.asarray(part["regression_labels"], dtype=np.float64).reshape(n)
         raw_text = part.get("raw_text", [None] * n)
-        for uid, label, text in zip(ids, labels, raw_text):
+        unimodal = {name: _optional_labels(part.get(key), n) for name, key in UNIMODAL_KEYS.items()}
+        for i, (uid, label, text) in enumerate(zip(ids, labels, raw_text)):
             manifest.rows.append({"utterance_id": uid, "split": split, "media_path": None, "_where": f"{pkl}:{split}",
                                   "text": str(text) if text is not None else None, "label": float(label),
-                                  "label_class": None})
+                                  "label_class": None, **{name: v[i] for name, v in unimodal.items()}})
         for modality in MODALITIES:
             arr = np.asarray(part[modality], dtype=np.float32)
             if arr.ndim == 2:  # a single vector per utterance
@@ -146,77 +157,3 @@ def import_mmsa(pkl: Path, dataset: str, data_dir: Path = DATA_DIR) -> dict:
         write_atomic(rows_to_table(rows[modality], info), path)
         written[feature_set] = str(path)
     return {"dataset": dataset, "rows": len(manifest.rows), "written": written}
-
-
-def _padded(table_rows: list[dict], dim: int, seq_len: int | None) -> tuple[np.ndarray, list[int]]:
-    seqs = []
-    for r in table_rows:
-        if not r["present"]:
-            seqs.append(np.zeros((0, dim), np.float32))
-        elif "seq" in r:
-            seqs.append(np.asarray(r["seq"], np.float32).reshape(-1, dim))
-        else:
-            seqs.append(np.asarray(r["emb"], np.float32).reshape(1, dim))
-    length = seq_len or max([s.shape[0] for s in seqs] + [1])
-    out = np.zeros((len(seqs), length, dim), np.float32)
-    lengths = []
-    for i, s in enumerate(seqs):
-        k = min(length, s.shape[0])
-        out[i, :k] = s[:k]
-        lengths.append(k)
-    return out, lengths
-
-
-def export_feature_sets(modalities, text: str | None = None, audio: str | None = None,
-                        vision: str | None = None) -> dict[str, str]:
-    """MMSA's text/audio/vision -> our feature sets: the options given, else model.modalities (MMSA's vision
-    is the face when there is one: OpenFace-like features, as MMSA-FET's are)."""
-    sets = {"text": text or modalities.text, "audio": audio or modalities.audio,
-            "vision": vision or modalities.face or modalities.vision}
-    missing = [k for k, v in sets.items() if v is None]
-    if missing:
-        raise UserError(f"export-mmsa: no feature set for MMSA's {missing[0]} (model.modalities.{missing[0]} is "
-                        f"null); pass --{missing[0]} SET")
-    return sets
-
-
-def export_mmsa(dataset: str, out: Path, feature_sets: dict[str, str], seq_len: int | None = None,
-                data_dir: Path = DATA_DIR) -> dict:
-    """Write our tables as an MMSA pickle. feature_sets maps MMSA's text/audio/vision to our feature sets."""
-    needed = [manifest_path(data_dir, dataset)] + [feature_path(data_dir, dataset, fs) for fs in feature_sets.values()]
-    absent = [str(path) for path in needed if not path.is_file()]
-    if absent:
-        raise MissingInputError(f"{absent[0]}: not found (export reads the manifest and the feature tables "
-                                f"{sorted(set(feature_sets.values()))}); run `trml index` and `trml extract` for "
-                                f"--dataset {dataset} first")
-    manifest = pq.read_table(manifest_path(data_dir, dataset)).to_pylist()
-    tables = {}
-    for modality, feature_set in feature_sets.items():
-        path = feature_path(data_dir, dataset, feature_set)
-        meta = read_metadata(path)
-        tables[modality] = (int(meta["dim"]), {r["utterance_id"]: r for r in pq.read_table(path).to_pylist()},
-                            meta)
-    result: dict = {}
-    for split in SPLITS:
-        part_rows = [r for r in manifest if r["split"] == split]
-        if not part_rows:
-            continue
-        ids = [r["utterance_id"] for r in part_rows]
-        part = {
-            "id": np.array([i.replace("/", "$_$", 1) for i in ids], dtype=object),
-            "raw_text": np.array([r["text"] or "" for r in part_rows], dtype=object),
-            "regression_labels": np.array([np.nan if r["label"] is None else r["label"] for r in part_rows],
-                                          dtype=np.float32),
-            "annotations": ["Positive" if (r["label"] or 0) > 0 else "Negative" if (r["label"] or 0) < 0
-                            else "Neutral" for r in part_rows],
-        }
-        for modality, (dim, by_id, _) in tables.items():
-            arr, lengths = _padded([by_id[i] for i in ids], dim, seq_len)
-            part[modality] = arr
-            part[f"{modality}_lengths"] = lengths
-        result[split] = part
-    result["trml_provenance"] = json.dumps({m: {"feature_set": feature_sets[m], "weights_id": t[2].get("weights_id")}
-                                            for m, t in tables.items()})
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        pickle.dump(result, fh, protocol=4)
-    return {"dataset": dataset, "out": str(out), "splits": {s: len(result[s]["id"]) for s in SPLITS if s in result}}

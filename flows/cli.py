@@ -131,7 +131,7 @@ def cmd_import_mmsa(args) -> int:
 
 
 def cmd_export_mmsa(args) -> int:
-    from features.mmsa_pickle import export_feature_sets, export_mmsa
+    from features.mmsa_export import export_feature_sets, export_mmsa
     p = _params(args)
     sets = export_feature_sets(p.model.modalities, args.text, args.audio, args.vision)
     print(json.dumps(export_mmsa(args.dataset, Path(args.out), sets, args.seq_len, Path(args.data_dir)), indent=2))
@@ -292,13 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("export-mmsa", help="export feature sets as an MMSA feature pickle",
                        description="Write a dataset's manifest and feature tables in MMSA's pickle layout "
-                                   "(padded arrays + lengths), so MMSA's models run on our features.")
+                                   "(padded arrays + lengths), so MMSA's models run on our features. The "
+                                   "manifest's label_T/label_A/label_V become regression_labels_T/_A/_V; a "
+                                   "text table that records its tokenizer (text_hf) also gives text_bert.")
     s.add_argument("--dataset", required=True)
     s.add_argument("--out", required=True, help="output .pkl")
     s.add_argument("--text", help="feature set for MMSA's text (default: params model.modalities.text)")
     s.add_argument("--audio", help="feature set for MMSA's audio (default: model.modalities.audio)")
     s.add_argument("--vision", help="feature set for MMSA's vision (default: model.modalities.face, else vision)")
-    s.add_argument("--seq-len", type=int, default=None, help="pad/truncate length (default: the longest)")
+    s.add_argument("--seq-len", type=int, default=None,
+                   help="pad/truncate length (default: the longest; text_bert: the text table's max_length, "
+                        "else the longest)")
     s.add_argument("--data-dir", default="data", help="folder holding index/ and features/ (default: data)")
     s.set_defaults(func=cmd_export_mmsa)
 

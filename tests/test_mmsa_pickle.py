@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from features.mmsa_pickle import UnsafePickleError, export_mmsa, import_mmsa, load_pickle
+from features.mmsa_export import export_mmsa
+from features.mmsa_pickle import UnsafePickleError, import_mmsa, load_pickle
 from features.store import read_metadata
 from tests.conftest import ROOT
 from tests.mmsa_builder import write_mmsa_pickle
