@@ -92,6 +92,25 @@ def test_extracts_one_row_per_manifest_row_with_statuses_and_metadata(workspace,
     assert detail.startswith(f"Raw/{defects['corrupt_file']}.mp4: ") and str(sample["raw"]) not in detail
 
 
+def test_table_order_follows_an_unsorted_manifest(workspace, sample):
+    """Rows come out in the manifest's order, not sorted by id: a manifest whose ids are out of order (the
+    sample's are sorted) keeps its order through shards that finish in any order, in every feature set."""
+    manifest = pq.read_table(workspace / "index" / f"{DATASET}.parquet")
+    order = [5, 11, 0, 7, 2, 9, 1, 10, 3, 8, 4, 6]
+    shuffled = manifest.take(order).replace_schema_metadata(manifest.schema.metadata)
+    pq.write_table(shuffled, workspace / "index" / f"{DATASET}.parquet")
+    ids = shuffled.column("utterance_id").to_pylist()
+    assert ids != sorted(ids)
+    extract_dataset(make_params(sample), DATASET, SETS, data_dir=workspace)
+    for fs in SETS:
+        table = pq.read_table(workspace / "features" / DATASET / f"{fs}.parquet")
+        assert table.column("utterance_id").to_pylist() == ids, fs
+    # The rows are the clips' own, not only in the right places: the same values as the sorted manifest's.
+    text = dict(zip(*pq.read_table(workspace / "features" / DATASET / "text_minilm.parquet",
+                                   columns=["utterance_id", "status"]).to_pydict().values()))
+    assert text[sample["defects"]["empty_text"]] == "empty_text"
+
+
 def count_cached_task_runs() -> int:
     from prefect import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterState, TaskRunFilterStateName

@@ -252,6 +252,27 @@ def test_masked_inputs_never_reach_the_output(variant, mmi, poison):
         assert (x.grad[~mask[:, 0]] == 0).all() and (x.grad[mask[:, 0]] != 0).any()
 
 
+@pytest.mark.parametrize("mmi", ["pairwise", "concat"])
+def test_a_present_modality_is_fused_from_its_own_encoder_not_from_mmi(mmi):
+    """Where modality k is there, the head sees k's real representation: MMI's weights cannot change the
+    output of a complete row, and do change it where a modality is missing (so they are not simply unused)."""
+    torch.manual_seed(0)
+    model = TRML(small_model(mmi=mmi), SPECS, 1, "trml").eval()
+    batch = _inputs()
+    mask = torch.ones(8, 3, dtype=torch.bool)
+    mask[4:, 1] = False                                           # rows 4-7 lack vision
+    before = model(batch, mask).pred
+    with torch.no_grad():
+        for p in model.mmi.parameters():                          # any other MMI at all
+            p.add_(torch.randn_like(p))
+    after = model(batch, mask).pred
+    assert torch.equal(before[:4], after[:4])                     # complete rows: real representations only
+    assert not torch.isclose(before[4:], after[4:]).any()         # rows missing vision: its virtual one
+    # And a present modality's own input moves the output of its rows.
+    other = {**batch, "audio": (batch["audio"][0] + torch.randn_like(batch["audio"][0]), batch["audio"][1])}
+    assert not torch.isclose(model(other, mask).pred, after).any()
+
+
 # ---------------------------------------------------------------- SML and the task loss
 
 def test_info_nce_at_identity_matches_the_hand_value():
@@ -362,6 +383,31 @@ def test_an_early_stopped_run_stays_stopped(data, tmp_path):
     again = fit(data, small_model(), small_train(epochs=40, patience=1, lr=0.05), tmp_path)
     assert again["timing"]["epochs"] == 0 and again["epochs_run"] == first["epochs_run"]
     assert (tmp_path / DS / "trml" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("early_stop_on", ["loss", "acc2_non0"])
+def test_the_best_epoch_is_the_best_valid_score_in_the_runs_own_log(data, tmp_path, early_stop_on):
+    """best_epoch (summary.json, best.pt) is the arg-best of the selection column of train_log.csv, and
+    best.pt holds the weights after that epoch: a run stopped there ends with the same weights. The
+    settings overfit, so that the best valid epoch is neither the last one nor the best train-loss one."""
+    import csv
+    from trml.checkpoint import load_checkpoint
+    from trml.train import fit
+    cfg = small_train(epochs=10, patience=10, lr=0.03, early_stop_on=early_stop_on)
+    summary = fit(data, small_model(), cfg, tmp_path / "full")
+    out = tmp_path / "full" / DS / "trml"
+    rows = list(csv.DictReader((out / "train_log.csv").open()))
+    column = "valid_loss" if early_stop_on == "loss" else f"valid_{early_stop_on}"
+    scores = np.array([float(r[column]) for r in rows])
+    best = int(np.argmin(scores) if early_stop_on == "loss" else np.argmax(scores))   # the first of any tie
+    train_best = int(np.argmin([float(r["train_loss"]) for r in rows]))
+    assert best not in (len(rows) - 1, train_best), "the fixture no longer tells valid from train or last"
+    assert summary["best_epoch"] == best == load_checkpoint(out / "best.pt")["epoch"]
+    assert [int(r["best"]) for r in rows][best] == 1 and float(summary["best_valid"][column]) == pytest.approx(scores[best])
+    fit(data, small_model(), cfg.model_copy(update={"epochs": best + 1}), tmp_path / "cut")
+    cut = load_checkpoint(tmp_path / "cut" / DS / "trml" / "last.pt")["model"]
+    chosen = load_checkpoint(out / "best.pt")["model"]
+    assert all(torch.equal(chosen[k], cut[k]) for k in chosen)
 
 
 def test_checkpoint_records_configs_and_feature_weights(data, tmp_path):
@@ -498,6 +544,36 @@ def test_compare_writes_every_variant_and_seed(fixture_dir, tmp_path):
     cell["ci95_adj"] = cell["ci95"]
     (out / "compare.json").write_text(json.dumps(planted))
     assert [m for m in mismatches(out) if m.startswith("trml-zero_fill/r0.5/ci95_adj")]
+
+
+def test_every_variant_and_seed_is_tested_on_the_same_masks(fixture_dir, tmp_path):
+    """The pairing every interval rests on: under each condition and draw, every (variant, seed) is given
+    the same mask, the one seeded by (evaluate.seed, "test", condition, draw) alone. Two mask-echoing models
+    (tests/mask_echo.py) show in predictions.parquet what each was given."""
+    from tests.mask_echo import decode
+    from trml.compare import compare
+    from trml.missing import derive_seed
+    echo = ["tests.mask_echo:MaskEcho", "tests.mask_echo:MaskEchoAgain"]
+    ec = EvaluateConfig(test_missing_rates=[0.0, 0.5], mask_draws=2, seed=7)
+    compare(DS, small_model(), small_train(epochs=1), ec, CompareConfig(variants=["trml", *echo], seeds=[0, 1]),
+            fixture_dir, tmp_path / "models", tmp_path / "reports", tmp_path / "metrics", tmp_path / "plots")
+    preds = pq.read_table(tmp_path / "reports" / DS / "predictions.parquet").to_pylist()
+    data = load_dataset(DS, small_model(), fixture_dir)
+    test_idx = data.indices("test")
+    natural = data.present().cpu()[test_idx]
+    given: dict[tuple, dict[tuple, list]] = {}
+    for r in preds:
+        if r["variant"] in echo:
+            given.setdefault((r["condition"], r["draw"]), {}).setdefault((r["variant"], r["seed"]), []).append(
+                decode(r["pred"], len(data.names)))
+    assert sorted(given) == [("miss_audio", 0), ("miss_face", 0), ("miss_text", 0), ("miss_vision", 0),
+                             ("r0.0", 0), ("r0.5", 0), ("r0.5", 1)]
+    for (cond, draw), by_run in given.items():
+        assert len(by_run) == 4                                         # 2 variants x 2 seeds
+        expected = mask_for(natural, data.names, cond, derive_seed(7, "test", cond, draw)).tolist()
+        for run, mask in by_run.items():
+            assert mask == expected, (cond, draw, run)
+    assert given[("r0.5", 0)] != given[("r0.5", 1)] and given[("r0.0", 0)][(echo[0], 0)] == natural.tolist()
 
 
 def test_classification_task(tmp_path):
