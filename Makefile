@@ -19,7 +19,7 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export HF_HOME := $(CURDIR)/.cache/huggingface
 export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba
 
-.PHONY: demo test test-fast bench clean venv dvc-init
+.PHONY: demo test test-fast bench mutate clean venv dvc-init
 
 venv: $(STAMP)
 
@@ -56,6 +56,14 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/trml bench
+
+# Mutation testing of the core (pyproject.toml [tool.mutmut]; docs/benchmarks.md, "Mutation score"). Not in
+# `make test` or CI: each module's run takes minutes to hours on 2 cores. Results stay in mutants/.
+mutate: $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt mutmut
+	rm -rf mutants
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/mutmut run
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/mutmut results
 
 clean:
 	rm -rf data/raw data/index data/features models metrics plots .cache
