@@ -9,7 +9,7 @@ Choices where real files are messy (documented in the README):
   (with a warning), which is what Windows-exported label files usually are. Text is never "cleaned".
 - Extra columns are ignored; a missing required column is an error that names the file and column.
   The MMSA layout's optional unimodal labels label_T, label_A, label_V (CH-SIMS has them) are kept: same
-  rules as label, except that an empty cell (or an absent column) is null.
+  rules as label, except that an empty cell is null; a column that no row fills is left out of the manifest.
 - A duplicate utterance id is an error naming both rows. An empty or NaN label is an error naming the
   row (a labelled layout must be labelled); a regression label outside [-3, 3] is an error too.
 - MELD restarts Dialogue_ID in each split, so the utterance id is `<split>/dia{D}_utt{U}` with the
@@ -78,7 +78,10 @@ class Manifest:
             pa.field("dialogue_id", pa.string()),
             pa.field("start_s", pa.float64()),
             pa.field("end_s", pa.float64()),
-            *(pa.field(name, pa.float64()) for name in UNIMODAL_LABELS),
+            # Only where some row has one: a MOSI/MOSEI/MELD manifest stays byte-identical to one written before
+            # these columns existed, so an upgrade re-runs no stage.
+            *(pa.field(name, pa.float64()) for name in UNIMODAL_LABELS
+              if any(r.get(name) is not None for r in self.rows)),
         ], metadata={
             b"trml.dataset": self.dataset.encode(),
             b"trml.layout": self.layout.encode(),

@@ -93,22 +93,27 @@ def test_unimodal_labels_through_index_export_and_import(tmp_path, monkeypatch, 
         assert want == [back[uid][c] for c in KEYS], uid
 
 
-def test_label_csv_without_unimodal_columns_gives_the_old_manifest_plus_null_columns(tmp_path, monkeypatch, capsys):
+def test_label_csv_without_unimodal_columns_gives_the_old_manifest(tmp_path, monkeypatch, capsys):
+    """MOSI/MOSEI's label.csv has no unimodal labels: the manifest has exactly the columns it had before they
+    existed (so an upgrade changes no DVC output); a label_V column that no row fills is left out too."""
     header = "video_id,clip_id,text,label,annotation,mode\n"          # MOSI/MOSEI: no unimodal labels
     code, err = index_cli(tmp_path, monkeypatch, capsys, "v1,1,good,1.5,Positive,train\nv1,2,bad,-2,Negative,valid\n",
                           header)
     assert code == 0, err
     table = pq.read_table(manifest_path(tmp_path / "data", "sims"))
-    assert table.column_names == OLD_COLUMNS + list(KEYS)              # appended: the old columns keep their places
-    assert all(str(table.schema.field(c).type) == "double" and table.column(c).null_count == table.num_rows
-               for c in KEYS)
-    rows = table.drop(list(KEYS)).to_pylist()
+    assert table.column_names == OLD_COLUMNS
+    rows = table.to_pylist()
     assert [(r["utterance_id"], r["split"], r["text"], r["label"]) for r in rows] == [
         ("v1/1", "train", "good", 1.5), ("v1/2", "valid", "bad", -2.0)]
     write_tables(tmp_path / "data", ["v1/1", "v1/2"])
     export_mmsa("sims", tmp_path / "m.pkl", SETS, data_dir=tmp_path / "data")
     exported = load_pickle(tmp_path / "m.pkl")
     assert not set(KEYS.values()) & (set(exported["train"]) | set(exported["valid"]))   # MOSI-like: no such keys
+    empty_v = "video_id,clip_id,text,label,label_T,label_V,annotation,mode\n"
+    (tmp_path / "v").mkdir()
+    code, err = index_cli(tmp_path / "v", monkeypatch, capsys, "v1,1,good,1.5,1.0,,Positive,train\n", empty_v)
+    assert code == 0, err
+    assert pq.read_table(manifest_path(tmp_path / "v" / "data", "sims")).column_names == OLD_COLUMNS + ["label_T"]
 
 
 @pytest.mark.parametrize("cell, words", [("loud", "label_A 'loud' is not a number"),
