@@ -237,3 +237,92 @@ def test_cli_index_writes_manifest(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "index", "--dataset", "mosi", "--layout", "mmsa",
                            "--root", str(ds.root), "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "label.csv:2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- contracts the mutation run found unpinned
+
+def test_the_summary_says_what_was_indexed(tmp_path, caplog):
+    ds = mmsa(tmp_path, "v1,1,good,2.4,2,2,2,Positive,train\n")
+    with caplog.at_level("INFO", logger="features.adapters"):
+        summary = index_dataset(ds, tmp_path / "m.parquet")
+    assert summary == {"dataset": "mosi", "layout": "mmsa", "manifest": str(tmp_path / "m.parquet"), "rows": 1,
+                       "splits": {"train": 1, "valid": 0, "test": 0}, "media_missing": 0, "task": "regression",
+                       "class_names": []}
+    assert "indexed mosi: 1 rows ({'train': 1, 'valid': 0, 'test': 0}), 0 without media" in caplog.messages
+
+
+def test_mmsa_classification_maps_the_score_sign_to_three_classes(tmp_path):
+    ds = mmsa(tmp_path, "v1,1,a,-0.4,0,0,0,Negative,train\nv1,2,b,0.0,0,0,0,Neutral,train\n"
+                        "v2,1,c,1.2,0,0,0,Positive,train\n")
+    ds = ds.model_copy(update={"task": "classification"})
+    summary = index_dataset(ds, tmp_path / "m.parquet")
+    rows, meta = read(tmp_path / "m.parquet")
+    assert [r["label_class"] for r in rows] == [0, 1, 2]
+    assert summary["class_names"] == ["negative", "neutral", "positive"] and summary["task"] == "classification"
+    assert json.loads(meta["trml.class_names"]) == ["negative", "neutral", "positive"]
+
+
+def test_a_bad_label_message_names_the_fix(tmp_path):
+    with pytest.raises(AdapterError) as exc:
+        index_dataset(mmsa(tmp_path, "v1,1,a,x,1,1,1,Positive,train\n"), tmp_path / "m.parquet")
+    assert str(exc.value).endswith("Fix the row, or remove it if it has no annotation.")
+
+
+def test_a_csv_that_is_not_utf8_or_cp1252_still_reads(tmp_path, caplog):
+    # 0x81 is undefined in cp1252 too: it becomes U+FFFD instead of stopping the index.
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "label.csv").write_bytes((HEADER + "v1,1,caf\xe9 X,1.0,1,1,1,Positive,train\n").encode("cp1252")
+                                     .replace(b"X", b"\x81"))
+    with caplog.at_level("WARNING", logger="features.adapters"):
+        index_dataset(DatasetConfig(name="r", layout="mmsa", root=root), tmp_path / "m.parquet")
+    rows, _ = read(tmp_path / "m.parquet")
+    assert rows[0]["text"] == "caf\xe9 \ufffd"
+    assert any("is not valid UTF-8" in m and "reading it as cp1252" in m for m in caplog.messages)
+
+
+def test_hash_split_is_stable_and_about_80_10_10():
+    from features.adapters import hash_split
+    # Pinned: a folder's split must not move between versions.
+    assert [hash_split(n) for n in ("a", "clip_001", "sub/b", "interview 7")] == ["test", "train", "train", "valid"]
+    counts = {s: 0 for s in ("train", "valid", "test")}
+    for i in range(2000):
+        counts[hash_split(f"video{i}")] += 1
+    assert 1520 <= counts["train"] <= 1680 and 140 <= counts["valid"] <= 260 and 140 <= counts["test"] <= 260
+
+
+def test_folder_labels_without_a_split_column_split_by_name(tmp_path, caplog):
+    from features.adapters import hash_split
+    root = tmp_path / "mine"
+    for name in ("a", "b", "c"):
+        tiny_mp4(root / f"{name}.mp4")
+    (root / "b.txt").write_bytes(b"bad \xff byte")
+    (root / "labels.csv").write_text("name,label\na,happy\nb.mp4,sad\nc,happy\n")
+    ds = DatasetConfig(name="mine", layout="folder", root=root, task="classification")
+    summary = index_dataset(ds, tmp_path / "f.parquet")
+    rows, _ = read(tmp_path / "f.parquet")
+    assert [r["split"] for r in rows] == [hash_split(n) for n in ("a", "b", "c")]
+    assert [r["label_class"] for r in rows] == [0, 1, 0] and summary["class_names"] == ["happy", "sad"]
+    assert rows[1]["text"] == "bad \ufffd byte"
+    assert all(r["label"] is None for r in rows)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with caplog.at_level("WARNING", logger="features.adapters"):
+        index_dataset(DatasetConfig(name="e", layout="folder", root=empty), tmp_path / "e.parquet")
+    assert any("no videos found (extensions" in m and ".mp4" in m for m in caplog.messages)
+
+
+def test_meld_without_its_csvs_names_the_files_it_wants(tmp_path):
+    root = tmp_path / "meld"
+    root.mkdir()
+    with pytest.raises(AdapterError, match=r"meld: no MELD label file; expected one or more of .*train_sent_emo\.csv"):
+        index_dataset(DatasetConfig(name="m", layout="meld", root=root, task="classification"), tmp_path / "m.parquet")
+
+
+def test_meld_summary_is_classification_with_unlabelled_regression_column(tmp_path):
+    summary = index_dataset(DatasetConfig(name="m", layout="meld", root=FIXTURE_MELD, task="classification"),
+                            tmp_path / "m.parquet")
+    rows, _ = read(tmp_path / "m.parquet")
+    assert summary["task"] == "classification" and summary["class_names"] == list(MELD_EMOTIONS)
+    assert all(r["label"] is None for r in rows)

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from trml.metrics import (CLASSIFICATION_KEYS, REGRESSION_KEYS, classification_metrics, compute_metrics,
-                          mean_metrics, regression_metrics, weighted_f1)
+from trml.metrics import (CLASSIFICATION_KEYS, REGRESSION_KEYS, _f1, classification_metrics, compute_metrics,
+                          mean_metrics, metric_keys, metric_rows, regression_metrics, weighted_f1)
 
 
 def test_acc7_rounds_half_to_even_after_clipping():
@@ -86,3 +86,94 @@ def test_undefined_metrics_are_none_not_nan():
 def test_mean_over_draws_rounds_once():
     runs = [{"acc": 0.33333, "wf1": None}, {"acc": 0.66666, "wf1": 0.5}]
     assert mean_metrics(runs) == {"acc": 0.5, "wf1": None}
+
+
+def test_weighted_rows_equal_metrics_on_explicitly_resampled_data():
+    """A row of resampling counts gives exactly the metrics of the resampled arrays (both tasks, labels or
+    logits). The bootstrap (trml/stats.py) rests on this."""
+    rng = np.random.default_rng(0)
+    truth = np.round(rng.uniform(-3, 3, 60) * 2) / 2                   # exact zeros included
+    pred = truth + rng.normal(0, 1, 60)
+    labels, guesses = rng.integers(0, 5, 60), rng.integers(0, 5, 60)
+    logits = rng.normal(0, 1, (60, 5))
+    for _ in range(5):
+        idx = rng.integers(0, 60, 60)
+        counts = np.bincount(idx, minlength=60)[None].astype(float)
+        rows = metric_rows("regression", pred, truth, counts)
+        direct = compute_metrics("regression", pred[idx], truth[idx], digits=None)
+        assert {k: rows[k][0] for k in REGRESSION_KEYS} == pytest.approx(direct, abs=1e-9)
+        rows = metric_rows("classification", guesses, labels, counts)
+        direct = compute_metrics("classification", guesses[idx], labels[idx], digits=None)
+        assert {k: rows[k][0] for k in CLASSIFICATION_KEYS} == pytest.approx(direct, abs=1e-9)
+        rows = metric_rows("classification", logits, labels, counts)
+        direct = compute_metrics("classification", logits[idx].argmax(1), labels[idx], digits=None)
+        assert {k: rows[k][0] for k in CLASSIFICATION_KEYS} == pytest.approx(direct, abs=1e-9)
+
+
+def test_one_row_per_weight_row_and_undefined_corr_in_a_constant_resample():
+    truth, pred = np.array([-1.0, 0.5, 2.0, -2.0]), np.array([-0.5, 1.0, 1.5, 0.5])
+    assert metric_rows("regression", pred, truth)["mae"].shape == (1,)
+    # Row 0 counts every sample; row 1 takes sample 2 twice (constant on both sides); row 2 takes samples 0 and
+    # 3, whose predictions rise while their truths fall.
+    weights = np.array([[1, 1, 1, 1], [0, 0, 2, 0], [1, 0, 0, 1]], float)
+    rows = metric_rows("regression", pred, truth, weights)
+    assert rows["corr"][0] == pytest.approx(np.corrcoef(pred, truth)[0, 1])
+    assert np.isnan(rows["corr"][1])                                   # one sample, twice: no correlation
+    assert rows["corr"][2] == pytest.approx(-1.0)                      # two points on a falling line
+    assert rows["mae"][1] == pytest.approx(0.5) and rows["mae"][2] == pytest.approx((0.5 + 2.5) / 2)
+    # A resample of one truth value but two predictions: constant truth, corr undefined.
+    rows = metric_rows("regression", np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 3.0]),
+                       np.array([[1.0, 1.0, 0.0]]))
+    assert np.isnan(rows["corr"][0])
+
+
+def test_a_prediction_of_exactly_zero_is_non_negative_for_has0_and_not_positive_for_non0():
+    # MMSA: has0 splits at pred >= 0, non0 at pred > 0. A prediction of 0.0 against a negative truth is a
+    # miss for has0 and a hit for non0; the F1 scores count it the same way.
+    m = regression_metrics(np.array([0.0, 1.0]), np.array([-1.0, 1.0]))
+    assert m["acc2_has0"] == 0.5 and m["acc2_non0"] == 1.0
+    assert m["f1_non0"] == 1.0
+    # has0: truth [F, T], pred [T, T]: F1(True) = 2/3 with support 1, F1(False) = 0 -> 1/3.
+    assert m["f1_has0"] == round(1 / 3, 4)
+
+
+def test_non0_scores_only_the_rows_with_non_zero_truth():
+    # Truth 0 rows are left out whatever is predicted there; the one non-zero row is a miss.
+    m = regression_metrics(np.array([-1.0, -1.0, 2.0]), np.array([0.0, 0.0, -1.0]))
+    assert m["acc2_non0"] == 0.0 and m["f1_non0"] == 0.0
+    # A single non-zero truth still gives a defined score.
+    m = regression_metrics(np.array([1.0, -1.0]), np.array([0.0, 2.0]))
+    assert m["acc2_non0"] == 0.0
+    assert regression_metrics(np.array([1.0, -1.0]), np.array([0.0, -2.0]))["acc2_non0"] == 1.0
+
+
+def test_acc7_clips_the_truth_too():
+    # A truth above 3 (an unnormalised label) is class 3, as MMSA clips both sides.
+    assert regression_metrics(np.array([3.0, -3.0]), np.array([3.6, -3.6]))["acc7"] == 1.0
+    assert regression_metrics(np.array([2.0, -2.0]), np.array([2.6, -2.6]))["acc5"] == 1.0
+
+
+def test_predictions_as_a_column_are_one_prediction_per_row():
+    truth = np.array([-1.0, 0.5, 2.0])
+    column = np.array([[-0.5], [1.0], [1.5]])
+    assert regression_metrics(column, truth) == regression_metrics(column.reshape(-1), truth)
+    labels = np.array([0, 1, 1])
+    assert classification_metrics(np.array([[0], [1], [0]]), labels) == \
+        classification_metrics(np.array([0, 1, 0]), labels)
+
+
+def test_a_single_sample_has_metrics_and_an_empty_split_has_none():
+    assert classification_metrics(np.array([1]), np.array([1])) == {"acc": 1.0, "wf1": 1.0}
+    assert regression_metrics(np.array([0.5]), np.array([1.0]))["mae"] == 0.5
+    assert set(classification_metrics(np.array([]), np.array([])).values()) == {None}
+    assert set(regression_metrics(np.array([]), np.array([])).values()) == {None}
+
+
+def test_metric_keys_per_task():
+    assert metric_keys("regression") == REGRESSION_KEYS
+    assert metric_keys("classification") == CLASSIFICATION_KEYS
+
+
+def test_f1_of_a_label_neither_true_nor_predicted_is_zero():
+    tp, n_true, n_pred = np.array([1.0, 0.0]), np.array([2.0, 0.0]), np.array([2.0, 0.0])
+    assert _f1(tp, n_true, n_pred).tolist() == [0.5, 0.0]

@@ -11,28 +11,11 @@ from features.store import FeatureRow, TableInfo, rows_to_table, write_atomic
 from tests.conftest import ROOT
 from tests.test_trml import DS, one_thread, small_model, small_train, write_fixture  # noqa: F401 (one_thread: autouse)
 from trml.config import CompareConfig, EvaluateConfig, ModelConfig
-from trml.metrics import CLASSIFICATION_KEYS, REGRESSION_KEYS, compute_metrics, metric_rows
+from trml.metrics import CLASSIFICATION_KEYS, REGRESSION_KEYS
 from trml.stats import PairedBootstrap, paired_difference, seed_values, summarize
 
 
 # ---------------------------------------------------------------- statistics on known cases
-
-def test_weighted_rows_equal_metrics_on_explicitly_resampled_data():
-    """A row of resampling counts gives exactly the metrics of the resampled arrays (both tasks)."""
-    rng = np.random.default_rng(0)
-    truth = np.round(rng.uniform(-3, 3, 60) * 2) / 2                   # exact zeros included
-    pred = truth + rng.normal(0, 1, 60)
-    labels, guesses = rng.integers(0, 5, 60), rng.integers(0, 5, 60)
-    for _ in range(5):
-        idx = rng.integers(0, 60, 60)
-        counts = np.bincount(idx, minlength=60)[None].astype(float)
-        rows = metric_rows("regression", pred, truth, counts)
-        direct = compute_metrics("regression", pred[idx], truth[idx], digits=None)
-        assert {k: rows[k][0] for k in REGRESSION_KEYS} == pytest.approx(direct, abs=1e-9)
-        rows = metric_rows("classification", guesses, labels, counts)
-        direct = compute_metrics("classification", guesses[idx], labels[idx], digits=None)
-        assert {k: rows[k][0] for k in CLASSIFICATION_KEYS} == pytest.approx(direct, abs=1e-9)
-
 
 def test_ci_contains_a_known_difference_and_is_tight_with_much_data():
     # |N(0, s)| has mean s * sqrt(2 / pi): model a (noise sd 1) beats b (sd 2) on MAE by exactly this much.

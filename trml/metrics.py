@@ -42,11 +42,6 @@ def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(_class_rows(t, p, len(labels), np.ones((1, len(t))))["wf1"][0])
 
 
-def multiclass_acc(y_pred: np.ndarray, y_true: np.ndarray) -> float:
-    """MMSA's __multiclass_acc: agreement after np.round (which rounds half to even)."""
-    return float(np.mean(np.round(y_pred) == np.round(y_true)))
-
-
 def metric_rows(task: str, pred: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every metric of the task, once per row of `weights` (B, n): how many times each sample counts.
 
