@@ -121,3 +121,98 @@ def test_complete_share_without_lnln_fails_naming_the_key(tmp_path):
         TrainConfig(complete_share=0.2)
     with pytest.raises(ValueError, match="regime"):
         TrainConfig(regime="lnl")
+
+
+# ---------------------------------------------------------------- test protocols
+
+def test_the_new_evaluate_key_stays_out_of_lineage_at_its_default():
+    from trml.config import EvaluateConfig
+    assert "protocol" not in EvaluateConfig().model_dump(mode="json")
+    assert EvaluateConfig(protocol="subsets").model_dump(mode="json")["protocol"] == "subsets"
+    with pytest.raises(ValueError, match="'modality' or 'subsets'"):
+        EvaluateConfig(protocol="subset")
+
+
+def test_subsets_are_every_non_empty_subset_by_size_with_initials():
+    from trml.missing import subset_names
+    names = ["text", "vision", "audio", "face"]
+    subsets = subset_names(names)
+    assert len(subsets) == 15 and len(set(subsets)) == 15
+    assert subsets[:4] == ["avail_t", "avail_v", "avail_a", "avail_f"] and subsets[-1] == "avail_tvaf"
+    assert subsets[4:7] == ["avail_tv", "avail_ta", "avail_tf"]
+    assert subset_names(["text", "audio"]) == ["avail_t", "avail_a", "avail_ta"]
+    assert subset_names(["vision"]) == ["avail_v"]
+
+
+def test_a_subset_condition_removes_exactly_the_modalities_outside_it():
+    from trml.missing import keep_subset, mask_for, subset_names
+    names = ["text", "vision", "audio", "face"]
+    g = torch.Generator().manual_seed(0)
+    natural = torch.rand(200, 4, generator=g) < 0.8
+    for cond in subset_names(names):
+        inside = [n[0] in cond[len("avail_"):] for n in names]
+        for seed in (0, 1):                                            # deterministic: no seed moves it
+            mask = mask_for(natural, names, cond, seed)
+            for k, keep in enumerate(inside):
+                assert torch.equal(mask[:, k], natural[:, k] if keep else torch.zeros(200, dtype=torch.bool)), (cond, k)
+    with pytest.raises(ValueError, match=r"avail_tx: \['x'\] modality initial\(s\) not among"):
+        keep_subset(natural, names, "tx")
+    with pytest.raises(ValueError, match="avail_a"):
+        mask_for(natural[:, :2], ["text", "vision"], "avail_a", 0)
+
+
+def test_subsets_protocol_masks_are_shared_by_every_variant_and_seed_and_reported(fixture_dir, tmp_path):
+    """Under evaluate.protocol subsets every (variant, seed) is tested on the same masks: the natural mask
+    with the modalities outside the subset removed on every row. compare.json, results.md, the LaTeX table
+    and the headline file name and summarise the protocol; an outside recomputation agrees."""
+    from tests.mask_echo import decode
+    from tests.recompute_compare import mismatches
+    from trml.compare import compare
+    from trml.config import CompareConfig, EvaluateConfig
+    from trml.missing import keep_subset, subset_names
+    from trml.report import render_latex
+    echo = ["tests.mask_echo:MaskEcho", "tests.mask_echo:MaskEchoAgain"]
+    ec = EvaluateConfig(protocol="subsets", seed=3)
+    res = compare(DS, small_model(), small_train(epochs=1), ec,
+                  CompareConfig(variants=["trml", *echo, "zero_fill"], seeds=[0, 1]), fixture_dir,
+                  tmp_path / "models", tmp_path / "reports", tmp_path / "metrics", tmp_path / "plots")
+    data = load_dataset(DS, small_model(), fixture_dir)
+    natural = data.present().cpu()[data.indices("test")]
+    subsets = subset_names(data.names)
+    assert res["protocol"] == "subsets" and res["regime"] == "fixed"
+    assert res["conditions"] == subsets + ["subset_mean"] and res["mean_of"] == {"subset_mean": subsets}
+    assert res["rates"] == [] and res["method"]["family_size"] == 16
+    given: dict[str, dict[tuple, list]] = {}
+    for r in pq.read_table(tmp_path / "reports" / DS / "predictions.parquet").to_pylist():
+        if r["variant"] in echo:
+            assert r["draw"] == 0                                          # one mask per subset
+            given.setdefault(r["condition"], {}).setdefault((r["variant"], r["seed"]), []).append(
+                decode(r["pred"], len(data.names)))
+    assert sorted(given) == sorted(subsets)
+    for cond, by_run in given.items():
+        assert len(by_run) == 4
+        expected = keep_subset(natural, data.names, cond[len("avail_"):]).tolist()
+        assert all(mask == expected for mask in by_run.values()), cond
+    # subset_mean: its own paired interval, from the subsets' predictions.
+    d = res["differences"]["zero_fill"]["subset_mean"]["mae"]
+    assert d["ci95"] and d["ci95_adj"][0] <= d["ci95"][0]
+    assert mismatches(tmp_path / "reports" / DS) == []
+    headline = json.loads((tmp_path / "metrics" / f"{DS}.json").read_text())
+    assert len(headline) <= 12 and list(headline)[:4] == ["mae_full", "mae_smean", "acc2_full", "acc2_smean"]
+    assert headline["mae_smean"] == res["variants"]["trml"]["subset_mean"]["mae"]["mean"]
+    assert headline["vs_zf_mae"] == d["mean"] and "rank" in headline
+    md = (tmp_path / "reports" / DS / "results.md").read_text()
+    assert "Protocol: subsets" in md and "Training regime: fixed" in md and "| mean(subsets) |" in md
+    tex = render_latex(res)
+    assert "Protocol: subsets" in tex.split("\\toprule")[1].split("Variant &")[0]      # a rendered row
+    table = (tmp_path / "plots" / DS / "compare" / "mae.csv").read_text().splitlines()
+    assert [row.split(",")[1] for row in table[1:16]] == subsets
+    assert (tmp_path / "plots" / DS / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_modality_protocol_reports_name_it(tmp_path):
+    from trml.report import render_latex, render_markdown
+    from tests.test_results import REPORT_FIXTURE
+    assert "Protocol: modality" in render_markdown(REPORT_FIXTURE) and "Protocol: modality" in render_latex(REPORT_FIXTURE)
+    lnln = {**REPORT_FIXTURE, "regime": "lnln"}
+    assert "Training regime: lnln (a rate per row from U(0, 1)" in render_markdown(lnln)

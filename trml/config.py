@@ -112,6 +112,11 @@ class TrainConfig(Strict):
 
 
 class EvaluateConfig(Strict):
+    protocol: Literal["modality", "subsets"] = Field(
+        "modality", exclude_if=omitted_at("modality"),
+        description="test conditions: modality (whole modalities missing at each test rate, plus the "
+                    "single-modality patterns) | subsets (every non-empty subset of the enabled modalities "
+                    "available on every row, MMIN / MoMKE: avail_t, avail_tv, ...)")
     test_missing_rates: list[float] = Field(
         default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.7],
         description="modality-missing rates simulated at test time (one decimal: keys r0.0, r0.3, ...)")
