@@ -62,7 +62,7 @@ REFERENCE = "upper_bound"
 # trml's rank among all of them on that average (`rank`, 1 = best; every pairwise interval is in results.md).
 # Flat, with short names, so that `dvc exp show --only-changed` fits them all in a 160-column terminal
 # (a "trml." prefix on each would push them off): metric key -> its short name. Under evaluate.protocol subsets
-# the two points are all enabled modalities available (<short>_full) and the mean over the subsets (<short>_smean).
+# the two points are all enabled modalities available (<short>_full) and the mean over the subsets (<short>_subs).
 HEADLINE_METRICS = {"regression": {"mae": "mae", "acc2_non0": "acc2"}, "classification": {"wf1": "wf1", "acc": "acc"}}
 
 
@@ -191,7 +191,7 @@ def headline(results: dict, rates: list[str]) -> dict:
     out = {}
     for key, short in HEADLINE_METRICS[task].items():
         if mean == SUBSET_MEAN:                  # rates are the subsets; the last one has every modality
-            points = ((rates[-1], f"{short}_full"), (SUBSET_MEAN, f"{short}_smean"))
+            points = ((rates[-1], f"{short}_full"), (SUBSET_MEAN, f"{short}_subs"))
         else:
             points = ((rates[0], f"{short}_{rates[0]}"), (rates[-1], f"{short}_{rates[-1]}"),
                       (RATE_MEAN, f"{short}_mean"))
