@@ -205,6 +205,11 @@ def test_subsets_protocol_masks_are_shared_by_every_variant_and_seed_and_reporte
     assert headline["vs_zf_mae"] == d["mean"] and "rank" in headline
     md = (tmp_path / "reports" / DS / "results.md").read_text()
     assert "Protocol: subsets" in md and "Training regime: fixed" in md and "| mean(subsets) |" in md
+    # Every metric MMSA reports, at the protocol's mean and at the first condition, for every variant.
+    every = md.split("Every metric at mean(subsets)")[1].split("\n\n")[1].splitlines()
+    assert every[0] == "| variant | acc2_has0 | f1_has0 | acc2_non0 | f1_non0 | acc7 | acc5 | mae | corr |"
+    assert [row.split(" | ")[0] for row in every[2:]] == ["| trml", *["| " + v for v in echo], "| zero_fill"]
+    assert "Every metric at avail_t " in md and "Non0_F1_score" in md
     tex = render_latex(res)
     assert "Protocol: subsets" in tex.split("\\toprule")[1].split("Variant &")[0]      # a rendered row
     table = (tmp_path / "plots" / DS / "compare" / "mae.csv").read_text().splitlines()

@@ -127,6 +127,7 @@ def render_markdown(results: dict) -> str:
         out.append(f"| {name} (reference: trained and tested on complete data) | {cell} |"
                    + " |" * (len(t["headers"]) - 1))
     out += ["", f"Bold: the best variant of each column. {_mean_note(results)}", ""]
+    out += every_metric_lines(results)
     ranks = results.get("ranks", {})
     if ranks and max(len(r) for r in ranks.values()) >= 3:
         depth = max(len(r) for r in ranks.values())
@@ -149,6 +150,29 @@ def render_markdown(results: dict) -> str:
     out.append("")
     out += [f"- {line}" for line in lineage_lines(results)]
     return "\n".join(out) + "\n"
+
+
+def every_metric_lines(results: dict) -> list[str]:
+    """Every metric MMSA reports (trml/metrics.py), mean ± sd over seeds, at the protocol's mean condition and
+    at the first condition (no simulated missingness, or the first subset); compare.json has every condition."""
+    means = results.get("mean_of") or {RATE_MEAN: results.get("rates", [])}
+    mean = next(iter(means))
+    conds = [c for c in (mean, (means[mean] or [None])[0]) if c in results["conditions"]]
+    variants = results["variants"]
+    keys = list(next(iter(variants.values()))[mean]) if variants and mean in results["conditions"] else []
+    if len(keys) < 2:
+        return []
+    out = []
+    for c in conds:
+        out += [f"Every metric at {_header(c)} (mean ± sd over seeds; {', '.join(k for k in keys if k in LOWER_IS_BETTER)}"
+                f" lower is better, the rest higher):", ""]
+        out += _md_table("variant", keys, [(v, [_mean_sd(by_cond[c][k]) for k in keys])
+                                           for v, by_cond in variants.items()])
+        out.append("")
+    if "acc2_has0" in keys:
+        out += ["MMSA's names: acc2_has0 Has0_acc_2, f1_has0 Has0_F1_score, acc2_non0 Non0_acc_2, f1_non0 "
+                "Non0_F1_score, acc7 Mult_acc_7, acc5 Mult_acc_5, mae MAE, corr Corr (fractions, not percent).", ""]
+    return out
 
 
 def render_latex(results: dict) -> str:
