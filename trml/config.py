@@ -67,7 +67,6 @@ def omitted_at(default):
 
 
 class TrainConfig(Strict):
-
     variant: Variant = Field("trml", description="the model: trml | zero_fill | no_sml | upper_bound | lf_dnn | "
                                                  "tfn | mult | an entry point | package.module:Class")
     alpha: float = Field(0.1, ge=0.0, description="weight of L_sml in L = L_task + alpha * L_sml")
