@@ -26,3 +26,14 @@ def decode(pred: float, k: int) -> list[bool]:
     """The mask a MaskEcho prediction encodes."""
     value = int(round(pred))
     return [bool(value >> j & 1) for j in range(k)]
+
+
+class MaskRecorder(MaskEcho):
+    """MaskEcho that also keeps every mask it is given in training (model.train()), in order: the masks a
+    training regime really drew, batch after batch, epoch after epoch."""
+    seen: list[torch.Tensor] = []
+
+    def forward(self, batch, mask):
+        if self.training:
+            MaskRecorder.seen.append(mask.detach().cpu().clone())
+        return super().forward(batch, mask)

@@ -69,11 +69,12 @@ def recompute(report_dir: Path) -> dict:
             out.append(np.mean(values, axis=0))
         return np.array(out)
 
-    rates = results["rates"]
-    conds = [c for c in results["conditions"] if c != "rate_mean"]
+    means = results.get("mean_of", {"rate_mean": results["rates"]})     # rate_mean, or subset_mean
+    conds = [c for c in results["conditions"] if c not in means]
     values = {v: {c: per_seed(v, c) for c in conds} for v in results["variants"]}
     for v in values:
-        values[v]["rate_mean"] = np.mean([values[v][r] for r in rates], axis=0)
+        for mean, over in means.items():
+            values[v][mean] = np.mean([values[v][r] for r in over], axis=0)
     out = {"variants": {}, "differences": {}}
     for v, by_cond in values.items():
         out["variants"][v] = {c: {"mean": float(x[:, 0].mean()), "values": [float(y) for y in x[:, 0]],

@@ -28,7 +28,9 @@ CHECKPOINT_FORMAT = 1
 
 
 def run_signature(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TRMLData) -> str:
-    """What must match for last.pt to be resumed: every setting but epochs/device/resume, and the data."""
+    """What must match for last.pt to be resumed: every setting but epochs/device/resume, and the data.
+    train.regime and train.complete_share are in it only when not at their defaults (TrainConfig's dump
+    leaves them out), so every run signed before they existed keeps its signature."""
     t = train_cfg.model_dump(mode="json")
     for k in ("epochs", "device", "resume", "memmap_dir"):
         t.pop(k)

@@ -18,6 +18,10 @@ Training: a model already trained with the same settings, data and seed is reuse
 at train.seed is one of compare's runs, not a second training. Others are trained into
 <models_dir>/<dataset>/<variant>/seed<k>/ (and resumed there after an interruption, see train.resume).
 
+Conditions: evaluate.protocol's (trml/evaluate.py conditions): modality, the test rates, their mean rate_mean
+and the patterns; subsets, every availability subset and their mean subset_mean. compare.json names the
+protocol and train.regime.
+
 Testing: every variant and seed sees the very same test masks (evaluate.condition_masks), so the
 differences are paired. upper_bound is trained at missing rate 0 and tested once, at rate 0 (the data's
 own missingness remains: it cannot be undone): a reference, not a model under test, so it has no entry
@@ -40,9 +44,10 @@ from common.layout import dataset_dir, metrics_path, run_dir
 from trml.checkpoint import completed_run, run_signature
 from trml.config import CompareConfig, EvaluateConfig, ModelConfig, TrainConfig
 from trml.data import DataError, TRMLData, load_dataset
-from trml.evaluate import condition_masks, conditions, lineage, load_model, plot_vs_rate, predict_masks
+from trml.evaluate import (averaged, condition_masks, conditions, is_rate, lineage, load_model, plot_vs_rate,
+                           predict_masks, x_label)
 from trml.metrics import DECIMALS, HEADLINE, LOWER_IS_BETTER, metric_keys
-from trml.missing import RATE_MEAN, derive_seed, rate_key
+from trml.missing import RATE_MEAN, SUBSET_MEAN, derive_seed, rate_key
 from trml.registry import TRML_VARIANTS, model_class
 from trml.report import render_markdown
 from trml.stats import CI_LEVEL, CORRECTION, METHOD, PairedBootstrap, seed_values, simultaneous, summarize
@@ -56,7 +61,8 @@ REFERENCE = "upper_bound"
 # (zero_fill is the ablation that isolates MMI), and, when other models than trml's ablations are compared,
 # trml's rank among all of them on that average (`rank`, 1 = best; every pairwise interval is in results.md).
 # Flat, with short names, so that `dvc exp show --only-changed` fits them all in a 160-column terminal
-# (a "trml." prefix on each would push them off): metric key -> its short name.
+# (a "trml." prefix on each would push them off): metric key -> its short name. Under evaluate.protocol subsets
+# the two points are all enabled modalities available (<short>_full) and the mean over the subsets (<short>_subs).
 HEADLINE_METRICS = {"regression": {"mae": "mae", "acc2_non0": "acc2"}, "classification": {"wf1": "wf1", "acc": "acc"}}
 
 
@@ -90,9 +96,10 @@ def compare(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_c
     by_variant = {v: {c: np.stack(p) for c, p in by_cond.items()} for v, by_cond in preds.items()}
 
     truth = data.y[test_idx].cpu().numpy()
-    rates = [rate_key(r) for r in eval_cfg.test_missing_rates]
+    mean, rates = averaged(data.names, eval_cfg)       # rates: the x axis, the test rates or the subsets
     results = summarize_comparison(data, by_variant, truth, conds, rates, compare_cfg,
-                                   derive_seed(eval_cfg.seed, "bootstrap"))
+                                   derive_seed(eval_cfg.seed, "bootstrap"), mean=mean,
+                                   protocol=eval_cfg.protocol, regime=train_cfg.regime)
     out = dataset_dir(reports_dir, dataset)
     write_json(results, out / "compare.json")
     write_json(lineages, out / "compare_lineage.json")
@@ -107,7 +114,8 @@ def compare(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_c
     plot_vs_rate(curves, rates, keys, dataset_dir(plots_dir, dataset) / "compare.png",
                  title=f"{dataset}: variants (test, mean +- sd over {len(compare_cfg.seeds)} seeds)",
                  reference=reference)
-    write_variant_tables(results, rates, keys, dataset_dir(plots_dir, dataset) / "compare")
+    write_variant_tables(results, rates, keys, dataset_dir(plots_dir, dataset) / "compare",
+                         ref_at=rate_key(0.0) if mean == RATE_MEAN else rates[-1])
     return results
 
 
@@ -127,23 +135,25 @@ def trained_model(data: TRMLData, model_cfg: ModelConfig, cfg: TrainConfig, mode
 
 
 def summarize_comparison(data: TRMLData, preds: dict[str, dict[str, np.ndarray]], truth: np.ndarray,
-                         conds: list[str], rates: list[str], compare_cfg: CompareConfig, boot_seed: int) -> dict:
-    """compare.json: per-seed statistics of every variant, paired differences, and the reference."""
+                         conds: list[str], rates: list[str], compare_cfg: CompareConfig, boot_seed: int,
+                         mean: str = RATE_MEAN, protocol: str = "modality", regime: str = "fixed") -> dict:
+    """compare.json: per-seed statistics of every variant, paired differences, and the reference.
+    `mean` (rate_mean, or subset_mean under protocol subsets) averages the conditions `rates`."""
     task = data.task
     tested = [v for v in preds if v != REFERENCE]
     boot = PairedBootstrap(task, truth, compare_cfg.bootstrap, boot_seed)
-    order = rates + [RATE_MEAN] + [c for c in conds if c not in rates]      # the report's column order
+    order = rates + [mean] + [c for c in conds if c not in rates]      # the report's column order
     variants = {}
     for v in tested:
         per_cond = {c: seed_values(task, preds[v][c], truth) for c in conds}
-        per_cond[RATE_MEAN] = {k: _mean_over([per_cond[r][k] for r in rates]) for k in metric_keys(task)}
+        per_cond[mean] = {k: _mean_over([per_cond[r][k] for r in rates]) for k in metric_keys(task)}
         variants[v] = {c: {k: _rounded(summarize(vals)) for k, vals in per_cond[c].items()} for c in order}
     differences = {}
     for base in tested:
         if base == "trml":
             continue
-        # A condition is a list of one; RATE_MEAN averages the difference over every rate.
-        sides = {c: [c] for c in conds} | {RATE_MEAN: rates}
+        # A condition is a list of one; the mean averages the difference over every rate (or subset).
+        sides = {c: [c] for c in conds} | {mean: rates}
         raw = {c: boot.difference([("trml", r, preds["trml"][r]) for r in sides[c]],
                                   [(base, r, preds[base][r]) for r in sides[c]]) for c in order}
         # The family: every condition of this baseline, one metric at a time (trml.stats.simultaneous).
@@ -160,8 +170,9 @@ def summarize_comparison(data: TRMLData, preds: dict[str, dict[str, np.ndarray]]
         reference[REFERENCE] = {k: _rounded(summarize(vals)) for k, vals in ref.items()}
     return {
         "dataset": data.dataset, "task": task, "headline": HEADLINE[task],
+        "protocol": protocol, "regime": regime,          # evaluate.protocol, train.regime
         "seeds": list(compare_cfg.seeds),
-        "conditions": order, "rates": rates,
+        "conditions": order, "rates": [r for r in rates if is_rate(r)], "mean_of": {mean: rates},
         "split_sizes": {s: int(len(data.indices(s))) for s in ("train", "valid", "test")},
         "method": {"spread": "sd over seeds (n - 1)", "ci": METHOD, "level": CI_LEVEL,
                    "correction": CORRECTION, "family_size": len(order),
@@ -176,17 +187,22 @@ def summarize_comparison(data: TRMLData, preds: dict[str, dict[str, np.ndarray]]
 def headline(results: dict, rates: list[str]) -> dict:
     """metrics/<dataset>.json: at most 12 numbers, flat (see HEADLINE_METRICS and the README)."""
     task, trml = results["task"], results["variants"]["trml"]
-    low, high = rates[0], rates[-1]
+    mean = next(iter(results.get("mean_of", {RATE_MEAN: rates})))
     out = {}
     for key, short in HEADLINE_METRICS[task].items():
-        for cond, name in ((low, f"{short}_{low}"), (high, f"{short}_{high}"), (RATE_MEAN, f"{short}_mean")):
+        if mean == SUBSET_MEAN:                  # rates are the subsets; the last one has every modality
+            points = ((rates[-1], f"{short}_full"), (SUBSET_MEAN, f"{short}_subs"))
+        else:
+            points = ((rates[0], f"{short}_{rates[0]}"), (rates[-1], f"{short}_{rates[-1]}"),
+                      (RATE_MEAN, f"{short}_mean"))
+        for cond, name in points:
             out[name] = trml[cond][key]["mean"]
     main = HEADLINE[task]
-    diff = results["differences"].get("zero_fill", {}).get(RATE_MEAN, {}).get(main)
+    diff = results["differences"].get("zero_fill", {}).get(mean, {}).get(main)
     if diff is not None:
         lo, hi = diff["ci95_adj"] or (None, None)          # the adjusted interval, the one the report marks
         out.update({f"vs_zf_{main}": diff["mean"], "vs_zf_lo": lo, "vs_zf_hi": hi})
-    ranking = results.get("ranks", {}).get(RATE_MEAN, [])
+    ranking = results.get("ranks", {}).get(mean, [])
     if any(v not in TRML_VARIANTS for v in ranking):    # other models than trml's ablations: where trml stands
         out["rank"] = float(ranking.index("trml") + 1) if "trml" in ranking else None
     return out
@@ -220,19 +236,21 @@ def write_predictions(preds: dict[str, dict[str, np.ndarray]], ids: np.ndarray, 
         pq.write_table(table, tmp, compression="zstd")
 
 
-def write_variant_tables(results: dict, rates: list[str], keys: tuple[str, ...], folder: Path) -> None:
+def write_variant_tables(results: dict, rates: list[str], keys: tuple[str, ...], folder: Path,
+                         ref_at: str = "r0.0") -> None:
     """One CSV per metric, long format: variant, rate, mean, sd, lo, hi (lo/hi = mean -+ sd; a DVC plot
-    coloured by variant, with a band). The reference appears once, at rate 0.0."""
+    coloured by variant, with a band). The reference appears once, at rate 0.0 (protocol subsets: the rate
+    column holds the subset, and the reference sits at the full one)."""
     for key in keys:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["variant", "rate", "mean", "sd", "lo", "hi"])
         rows = [(v, r, by_cond.get(r, {}).get(key)) for v, by_cond in results["variants"].items() for r in rates]
-        rows += [(name, rate_key(0.0), by_metric.get(key)) for name, by_metric in results["reference"].items()]
+        rows += [(name, ref_at, by_metric.get(key)) for name, by_metric in results["reference"].items()]
         for variant, r, s in rows:
             if s and s["mean"] is not None:
                 sd = s["sd"] or 0.0
-                w.writerow([variant, r[1:], *(f"{x:.4f}" for x in (s["mean"], sd, s["mean"] - sd, s["mean"] + sd))])
+                w.writerow([variant, x_label(r), *(f"{x:.4f}" for x in (s["mean"], sd, s["mean"] - sd, s["mean"] + sd))])
         write_text_atomic(buf.getvalue(), folder / f"{key}.csv")
 
 

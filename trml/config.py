@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from common.config import Strict
 
@@ -60,6 +60,12 @@ class ModelConfig(Strict):
         return v
 
 
+def omitted_at(default):
+    """Field(exclude_if=...) for a key added after runs were signed: left out of model_dump while it holds its
+    default, so the run signatures, checkpoints and lineage files of runs that do not use it keep their bytes."""
+    return lambda value: value == default
+
+
 class TrainConfig(Strict):
     variant: Variant = Field("trml", description="the model: trml | zero_fill | no_sml | upper_bound | lf_dnn | "
                                                  "tfn | mult | an entry point | package.module:Class")
@@ -68,7 +74,15 @@ class TrainConfig(Strict):
     sml_detach_real: bool = Field(
         False, description="SML moves only the MMI generators (real representations are fixed targets); "
                            "false: both sides move, as in CLIP's symmetric contrastive loss")
-    missing_rate: float = Field(0.3, ge=0.0, lt=1.0, description="simulated modality-missing rate in training")
+    missing_rate: float = Field(0.3, ge=0.0, lt=1.0, description="simulated modality-missing rate in training "
+                                                                 "(regime fixed only)")
+    regime: Literal["fixed", "complete", "lnln"] = Field(
+        "fixed", exclude_if=omitted_at("fixed"),
+        description="simulated missingness in training: fixed (every modality of every row dropped at "
+                    "missing_rate) | complete (none) | lnln (LNLN, NeurIPS 2024: a rate per row from U(0, 1), "
+                    "redrawn every epoch, complete_share of the rows complete)")
+    complete_share: float = Field(0.5, ge=0.0, le=1.0, exclude_if=omitted_at(0.5),
+                                  description="regime lnln: share of the train rows kept complete each epoch")
     regression_loss: Literal["l1", "mse"] = Field("l1", description="task loss for regression")
     epochs: int = Field(30, ge=1, le=10_000, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(32, ge=1, le=65_536, description="utterances per optimiser step")
@@ -86,8 +100,22 @@ class TrainConfig(Strict):
         None, description="folder for disk-backed (memory-mapped) feature tensors, for tables larger than "
                           "RAM; null keeps them in memory. Results are the same either way")
 
+    @field_validator("complete_share")
+    @classmethod
+    def _share_needs_lnln(cls, v: float, info: ValidationInfo) -> float:
+        regime = info.data.get("regime", "lnln")          # absent: regime itself failed, and says so
+        if v != 0.5 and regime != "lnln":
+            raise ValueError(f"train.complete_share={v} is read by train.regime lnln only (regime is "
+                             f"{regime!r}); set train.regime: lnln or remove complete_share")
+        return v
+
 
 class EvaluateConfig(Strict):
+    protocol: Literal["modality", "subsets"] = Field(
+        "modality", exclude_if=omitted_at("modality"),
+        description="test conditions: modality (whole modalities missing at each test rate, plus the "
+                    "single-modality patterns) | subsets (every non-empty subset of the enabled modalities "
+                    "available on every row, MMIN / MoMKE: avail_t, avail_tv, ...)")
     test_missing_rates: list[float] = Field(
         default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.7],
         description="modality-missing rates simulated at test time (one decimal: keys r0.0, r0.3, ...)")

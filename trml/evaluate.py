@@ -8,6 +8,9 @@
 The headline numbers that `dvc exp show` displays (metrics/<dataset>.json) come from `trml compare`,
 which runs every variant over several seeds; this is one model's full picture.
 
+evaluate.protocol picks the conditions (conditions, averaged): modality, the test rates r<p> and the patterns
+miss_<m>; subsets, every availability subset avail_<initials> (trml/missing.py subset_names).
+
 Every condition's mask is seeded from (evaluate.seed, split, condition, draw) only (condition_masks), so
 every variant and every seed is tested on exactly the same missing entries. With evaluate.mask_draws > 1
 the metrics of a random rate are the mean over that many mask draws (a pattern or rate 0 has one
@@ -31,7 +34,7 @@ from trml.checkpoint import load_checkpoint
 from trml.config import EvaluateConfig, ModelConfig, TrainConfig
 from trml.data import TRMLData, load_dataset
 from trml.metrics import HEADLINE, compute_metrics, mean_metrics, metric_keys
-from trml.missing import derive_seed, mask_for, pattern_names, rate_key
+from trml.missing import RATE_MEAN, SUBSET_MEAN, derive_seed, mask_for, pattern_names, rate_key, subset_names
 from trml.model import InputSpec
 from trml.registry import build_model
 from trml.train import memmap_path, predict
@@ -56,7 +59,7 @@ def evaluate(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_
     out, plots = dataset_dir(reports_dir, dataset), dataset_dir(plots_dir, dataset)
     write_json(results, out / "evaluate.json")
     write_json({train_cfg.variant: lineage(ckpt_path, ckpt, eval_cfg)}, out / "evaluate_lineage.json")
-    rates = [rate_key(r) for r in eval_cfg.test_missing_rates]
+    rates = averaged(data.names, eval_cfg)[1]          # the x axis: the test rates, or the subsets
     keys = metric_keys(data.task)
     write_rate_table(results["test"], rates, keys, plots / "missing_rate.csv")
     curves = {train_cfg.variant: {r: {k: (v, None) for k, v in results["test"].get(r, {}).items()} for r in rates}}
@@ -67,8 +70,28 @@ def evaluate(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_
 
 
 def conditions(names: list[str], eval_cfg: EvaluateConfig) -> list[str]:
-    """["r0.0", "r0.1", ..., "miss_text", "miss_vision", ...] in a fixed order."""
+    """The conditions of evaluate.protocol, in a fixed order: modality ["r0.0", "r0.1", ..., "miss_text",
+    "miss_vision", ...]; subsets ["avail_t", "avail_v", ..., "avail_tv", ..., "avail_tvaf"]."""
+    if eval_cfg.protocol == "subsets":
+        return subset_names(names)
     return [rate_key(r) for r in eval_cfg.test_missing_rates] + (pattern_names(names) if eval_cfg.patterns else [])
+
+
+def averaged(names: list[str], eval_cfg: EvaluateConfig) -> tuple[str, list[str]]:
+    """The protocol's summary pseudo-condition and the conditions it averages: rate_mean over the test rates
+    (modality), subset_mean over every subset (subsets). Each gets its own paired interval in compare."""
+    if eval_cfg.protocol == "subsets":
+        return SUBSET_MEAN, subset_names(names)
+    return RATE_MEAN, [rate_key(r) for r in eval_cfg.test_missing_rates]
+
+
+def is_rate(cond: str) -> bool:
+    return cond.startswith("r") and cond[1:2].isdigit()
+
+
+def x_label(cond: str) -> str:
+    """A condition on the x axis of a plot table: a rate as its number ("0.3"), any other by its name."""
+    return cond[1:] if is_rate(cond) else cond
 
 
 def evaluate_split(model: torch.nn.Module, data: TRMLData, split: str, conds: list[str],
@@ -135,7 +158,7 @@ def lineage(path: Path, ckpt: dict, eval_cfg: EvaluateConfig) -> dict:
 
 
 def write_rate_table(by_cond: dict[str, dict], rates: list[str], keys: tuple[str, ...], path: Path) -> None:
-    """rate, <metric>... one row per numeric missing rate. The task's headline metric (mae, wf1) is the last
+    """rate, <metric>... one row per numeric missing rate (protocol subsets: per subset, by name). The task's headline metric (mae, wf1) is the last
     column, which is what `dvc plots` draws when dvc.yaml names no y, for either task."""
     keys = sorted(keys, key=lambda k: k in HEADLINE.values())      # stable: only the headline moves
     buf = io.StringIO()
@@ -143,7 +166,7 @@ def write_rate_table(by_cond: dict[str, dict], rates: list[str], keys: tuple[str
     w.writerow(["rate", *keys])
     for r in rates:
         if r in by_cond:
-            w.writerow([r[1:], *[_cell(by_cond[r].get(k)) for k in keys]])
+            w.writerow([x_label(r), *[_cell(by_cond[r].get(k)) for k in keys]])
     write_text_atomic(buf.getvalue(), path)
 
 
@@ -161,7 +184,8 @@ def plot_vs_rate(curves: dict[str, dict[str, dict[str, tuple[float | None, float
     ncol = min(4, len(keys))
     nrow = int(np.ceil(len(keys) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow), squeeze=False)
-    xs = np.array([float(r[1:]) for r in rates])
+    numeric = all(is_rate(r) for r in rates)
+    xs = np.array([float(r[1:]) for r in rates] if numeric else np.arange(len(rates)), dtype=float)
     for ax, key in zip(axes.flat, keys):
         for variant, by_rate in curves.items():
             mean = np.array([_num(by_rate.get(r, {}).get(key, (None, None))[0]) for r in rates])
@@ -176,7 +200,9 @@ def plot_vs_rate(curves: dict[str, dict[str, dict[str, tuple[float | None, float
                 if np.isfinite(sd):
                     ax.axhspan(mean - sd, mean + sd, color=line.get_color(), alpha=0.12, linewidth=0)
         ax.set_title(key)
-        ax.set_xlabel("missing rate")
+        ax.set_xlabel("missing rate" if numeric else "available modalities")
+        if not numeric:
+            ax.set_xticks(xs, [r[len("avail_"):] if r.startswith("avail_") else r for r in rates], rotation=90)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")

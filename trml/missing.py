@@ -6,9 +6,15 @@ a feature table) is the starting point; simulation only ever turns True into Fal
   random rate p: each modality of each row is dropped independently with probability p, but a row
                  never loses all of its modalities: where the draw would empty a row that had
                  something, one of its naturally present modalities (chosen at random) is kept.
+  per-row rate:  the same with one rate per row (train.regime lnln: LNLN's U(0, 1) rates, lnln_rates).
   pattern:       one named modality dropped from every row ("miss_text", "miss_vision", ...).
+  subset:        only the modalities of a named subset kept on every row ("avail_t", "avail_tv", ...;
+                 evaluate.protocol subsets). A row whose subset is naturally absent keeps nothing, as in
+                 MMIN and MoMKE, where every row of a condition has the same modalities.
 """
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import torch
@@ -20,14 +26,22 @@ def derive_seed(*parts: int | str) -> int:
     return int(np.random.SeedSequence([w % (1 << 63) for w in words]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def drop_at_rate(natural: torch.Tensor, rate: float, seed: int) -> torch.Tensor:
-    """natural (N, K) bool -> mask with each modality dropped with probability `rate`, never all of a row."""
-    if not 0.0 <= rate < 1.0:
+def drop_at_rate(natural: torch.Tensor, rate: float | torch.Tensor, seed: int) -> torch.Tensor:
+    """natural (N, K) bool -> mask with each modality dropped with probability `rate`, never all of a row.
+
+    rate: one for every row, or a tensor (N,) of one per row."""
+    if isinstance(rate, torch.Tensor):
+        if rate.shape != natural.shape[:1] or not bool(((rate >= 0) & (rate < 1)).all()):
+            raise ValueError(f"per-row missing rates must be one per row ({natural.shape[0]}) in [0, 1)")
+        threshold = rate.cpu().float().unsqueeze(1)
+    elif not 0.0 <= rate < 1.0:
         raise ValueError(f"missing rate must be in [0, 1), got {rate}")
+    else:
+        threshold = rate
     g = torch.Generator().manual_seed(seed)
     natural = natural.cpu().bool()
     # Both draws always happen, so the random stream never depends on the data.
-    drop = torch.rand(natural.shape, generator=g) < rate
+    drop = torch.rand(natural.shape, generator=g) < threshold
     rescue_score = torch.rand(natural.shape, generator=g)
     mask = natural & ~drop
     emptied = ~mask.any(1) & natural.any(1)
@@ -37,6 +51,15 @@ def drop_at_rate(natural: torch.Tensor, rate: float, seed: int) -> torch.Tensor:
         rescue[torch.arange(len(mask)), keep] = True
         mask = torch.where(emptied.unsqueeze(1), rescue, mask)
     return mask
+
+
+def lnln_rates(n: int, complete_share: float, seed: int) -> torch.Tensor:
+    """LNLN's training rates (NeurIPS 2024): one rate per row from U(0, 1), and round(complete_share * n)
+    rows, chosen at random, at 0 (kept complete). Drawn anew for every epoch's seed."""
+    g = torch.Generator().manual_seed(seed)
+    rates = torch.rand(n, generator=g)
+    rates[torch.randperm(n, generator=g)[:round(complete_share * n)]] = 0.0
+    return rates
 
 
 def drop_pattern(natural: torch.Tensor, names: list[str], missing: str) -> torch.Tensor:
@@ -53,17 +76,44 @@ def pattern_names(names: list[str]) -> list[str]:
     return [f"miss_{n}" for n in names] if len(names) > 1 else []
 
 
+SUBSET_PREFIX = "avail_"
+
+
+def subset_names(names: list[str]) -> list[str]:
+    """Every non-empty subset of the enabled modalities, by size, then in the order of `names`: "avail_" and
+    each kept modality's initial (t text, v vision, a audio, f face): avail_t, ..., avail_tv, ..., avail_tvaf."""
+    subsets = [c for k in range(1, len(names) + 1) for c in itertools.combinations(names, k)]
+    return [SUBSET_PREFIX + "".join(n[0] for n in c) for c in subsets]
+
+
+def keep_subset(natural: torch.Tensor, names: list[str], letters: str) -> torch.Tensor:
+    """The natural mask with every modality outside the subset `letters` (initials, as subset_names) removed."""
+    by_letter = {n[0]: i for i, n in enumerate(names)}
+    unknown = [c for c in letters if c not in by_letter]
+    if unknown or not letters:
+        raise ValueError(f"subset {SUBSET_PREFIX}{letters}: {unknown or 'no'} modality initial(s) not among the "
+                         f"enabled modalities {names} (initials {''.join(by_letter)})")
+    keep = torch.zeros(len(names), dtype=torch.bool)
+    keep[[by_letter[c] for c in letters]] = True
+    return natural.cpu().bool() & keep
+
+
 def mask_for(natural: torch.Tensor, names: list[str], condition: str, seed: int) -> torch.Tensor:
-    """The mask of one evaluation condition: "r0.3" (random rate) or "miss_text" (pattern)."""
+    """The mask of one evaluation condition: "r0.3" (random rate), "miss_text" (pattern) or "avail_tv" (subset)."""
     if condition.startswith("r"):
         return drop_at_rate(natural, float(condition[1:]), seed)
     if condition.startswith("miss_"):
         return drop_pattern(natural, names, condition[len("miss_"):])
-    raise ValueError(f"unknown missing condition {condition!r}; expected 'r<rate>' or 'miss_<modality>'")
+    if condition.startswith(SUBSET_PREFIX):
+        return keep_subset(natural, names, condition[len(SUBSET_PREFIX):])
+    raise ValueError(f"unknown missing condition {condition!r}; expected 'r<rate>', 'miss_<modality>' or "
+                     f"'avail_<initials>'")
 
 
-# The pseudo-condition of a comparison: each metric averaged over the test missing rates.
+# The pseudo-conditions of a comparison: each metric averaged over the test missing rates (protocol modality)
+# or over the availability subsets (protocol subsets), each with its own paired interval.
 RATE_MEAN = "rate_mean"
+SUBSET_MEAN = "subset_mean"
 
 
 def rate_key(rate: float) -> str:

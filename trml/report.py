@@ -16,7 +16,7 @@ from common.errors import UserError
 from common.files import write_text_atomic
 from common.layout import dataset_dir
 from trml.metrics import LOWER_IS_BETTER
-from trml.missing import RATE_MEAN
+from trml.missing import RATE_MEAN, SUBSET_MEAN
 from trml.stats import critical
 
 DIGITS = 3
@@ -81,6 +81,20 @@ def guarantee(results: dict) -> str:
             f"more seeds narrow it. " + family)
 
 
+PROTOCOLS = {"modality": "whole modalities missing at random at each test rate, and each one missing on every row",
+             "subsets": "only the modalities of each subset available on every row (MMIN, MoMKE)"}
+REGIMES = {"fixed": "every modality dropped at train.missing_rate", "complete": "complete data",
+           "lnln": "a rate per row from U(0, 1), redrawn every epoch, a share kept complete (LNLN)"}
+
+
+def protocol_line(results: dict) -> str:
+    """Which test protocol and training regime made the numbers (a compare.json from before both were
+    recorded was made with the defaults)."""
+    protocol, regime = results.get("protocol", "modality"), results.get("regime", "fixed")
+    return (f"Protocol: {protocol} ({PROTOCOLS.get(protocol, '?')}). Training regime: {regime} "
+            f"({REGIMES.get(regime, '?')}; upper_bound: complete data).")
+
+
 def lineage_lines(results: dict) -> list[str]:
     sizes = results["split_sizes"]
     weights = {m: p.get("weights_id", "") for m, p in results["provenance"]["modalities"].items()}
@@ -104,7 +118,7 @@ def render_markdown(results: dict) -> str:
     t = table_rows(results)
     better = "lower" if t["lower_is_better"] else "higher"
     out = [f"# {results['dataset']}: {t['metric']} ({better} is better), mean ± sd over "
-           f"{len(results['seeds'])} seeds, test split", ""]
+           f"{len(results['seeds'])} seeds, test split", "", protocol_line(results), ""]
     out.append("| variant | " + " | ".join(t["headers"]) + " |")
     out.append("|---|" + "---:|" * len(t["headers"]))
     for v, cells in t["rows"]:
@@ -112,7 +126,8 @@ def render_markdown(results: dict) -> str:
     for name, cell in t["reference"]:
         out.append(f"| {name} (reference: trained and tested on complete data) | {cell} |"
                    + " |" * (len(t["headers"]) - 1))
-    out += ["", f"Bold: the best variant of each column. {_mean_note()}", ""]
+    out += ["", f"Bold: the best variant of each column. {_mean_note(results)}", ""]
+    out += every_metric_lines(results)
     ranks = results.get("ranks", {})
     if ranks and max(len(r) for r in ranks.values()) >= 3:
         depth = max(len(r) for r in ranks.values())
@@ -137,6 +152,29 @@ def render_markdown(results: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def every_metric_lines(results: dict) -> list[str]:
+    """Every metric MMSA reports (trml/metrics.py), mean ± sd over seeds, at the protocol's mean condition and
+    at the first condition (no simulated missingness, or the first subset); compare.json has every condition."""
+    means = results.get("mean_of") or {RATE_MEAN: results.get("rates", [])}
+    mean = next(iter(means))
+    conds = [c for c in (mean, (means[mean] or [None])[0]) if c in results["conditions"]]
+    variants = results["variants"]
+    keys = list(next(iter(variants.values()))[mean]) if variants and mean in results["conditions"] else []
+    if len(keys) < 2:
+        return []
+    out = []
+    for c in conds:
+        out += [f"Every metric at {_header(c)} (mean ± sd over seeds; {', '.join(k for k in keys if k in LOWER_IS_BETTER)}"
+                f" lower is better, the rest higher):", ""]
+        out += _md_table("variant", keys, [(v, [_mean_sd(by_cond[c][k]) for k in keys])
+                                           for v, by_cond in variants.items()])
+        out.append("")
+    if "acc2_has0" in keys:
+        out += ["MMSA's names: acc2_has0 Has0_acc_2, f1_has0 Has0_F1_score, acc2_non0 Non0_acc_2, f1_non0 "
+                "Non0_F1_score, acc7 Mult_acc_7, acc5 Mult_acc_5, mae MAE, corr Corr (fractions, not percent).", ""]
+    return out
+
+
 def render_latex(results: dict) -> str:
     """The same table as a booktabs tabular (needs \\usepackage{booktabs})."""
     t = table_rows(results)
@@ -148,6 +186,7 @@ def render_latex(results: dict) -> str:
         *[f"% {_latex_comment(line)}" for line in lineage_lines(results)],
         "\\begin{tabular}{l" + "c" * n + "}",
         "\\toprule",
+        f"\\multicolumn{{{n + 1}}}{{l}}{{{_tex(protocol_line(results))}}} \\\\",
         "Variant & " + " & ".join(_tex(h) for h in t["headers"]) + " \\\\",
         "\\midrule",
     ]
@@ -179,6 +218,8 @@ def write_report(reports_dir: Path, dataset: str, fmt: str, out: Path | None) ->
 def _header(cond: str) -> str:
     if cond == RATE_MEAN:
         return "mean(r)"
+    if cond == SUBSET_MEAN:
+        return "mean(subsets)"
     return cond
 
 
@@ -208,7 +249,10 @@ def _diff(d: dict, key: str, mark: bool) -> str:
     return f"{sign}{_fmt(d['mean'])} [{_fmt(lo)}, {_fmt(hi)}]{mark}"
 
 
-def _mean_note() -> str:
+def _mean_note(results: dict) -> str:
+    if results.get("protocol") == "subsets":
+        return ("avail_<initials>: only those modalities available on every utterance (t text, v vision, "
+                "a audio, f face; on top of natural missingness); mean(subsets): the metric averaged over them.")
     return ("mean(r): the metric averaged over the test missing rates; r<p>: each modality missing with "
             "probability p; miss_<m>: modality m missing from every utterance.")
 

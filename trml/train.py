@@ -35,7 +35,7 @@ from trml.config import ModelConfig, TrainConfig
 from trml.data import TRMLData, load_dataset
 from trml.losses import sml_loss, task_loss
 from trml.metrics import LOWER_IS_BETTER, compute_metrics, metric_keys
-from trml.missing import derive_seed, drop_at_rate
+from trml.missing import derive_seed, drop_at_rate, lnln_rates
 from trml.model import InputSpec
 from trml.registry import build_model, forward
 from trml.registry import uses_sml as model_uses_sml
@@ -97,7 +97,7 @@ class Run:
     device: torch.device
     specs: list[InputSpec]
     signature: str                       # what last.pt must match to be resumed
-    missing_rate: float                  # simulated in training and validation
+    missing_rate: float | None           # simulated in training and validation (None: per row, regime lnln)
     sml: bool
     natural: torch.Tensor                # (N, K) bool on the CPU: which modalities the data has
     train_idx: torch.Tensor
@@ -124,7 +124,7 @@ def start_run(data: TRMLData, model_cfg: ModelConfig, cfg: TrainConfig, device: 
     rate = train_missing_rate(cfg)
     natural = data.present().cpu()
     valid_idx = data.indices("valid")
-    valid_mask = drop_at_rate(natural[valid_idx], rate, derive_seed(cfg.seed, "valid"))
+    valid_mask = simulated_mask(natural[valid_idx], cfg, derive_seed(cfg.seed, "valid"))
     return Run(model=model, opt=opt, scaler=scaler, amp_dtype=dtype, device=device, specs=specs,
                signature=signature, missing_rate=rate, sml=uses_sml(cfg), natural=natural,
                train_idx=data.indices("train"), valid_idx=valid_idx, valid_mask=valid_mask, state=state,
@@ -150,7 +150,7 @@ def train_one_epoch(run: Run, data: TRMLData, cfg: TrainConfig, epoch: int) -> t
     torch.manual_seed(derive_seed(cfg.seed, "epoch", epoch))            # dropout
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, "shuffle", epoch))
     perm = run.train_idx[torch.randperm(len(run.train_idx), generator=g)]
-    mask = drop_at_rate(run.natural[perm], run.missing_rate, derive_seed(cfg.seed, "mask", epoch)).to(run.device)
+    mask = simulated_mask(run.natural[perm], cfg, derive_seed(cfg.seed, "mask", epoch)).to(run.device)
     run.model.train()
     sums = torch.zeros(3, dtype=torch.float64, device=run.device)
     data_s = time.perf_counter() - t0
@@ -255,9 +255,23 @@ def check_early_stop_on(key: str, task: str) -> None:
                          f"use 'loss' or one of {metric_keys(task)}")
 
 
-def train_missing_rate(train_cfg: TrainConfig) -> float:
-    """The upper bound is trained (and selected) on complete data; every other variant at train.missing_rate."""
-    return 0.0 if train_cfg.variant == "upper_bound" else train_cfg.missing_rate
+def train_missing_rate(train_cfg: TrainConfig) -> float | None:
+    """The upper bound, and regime complete, train (and select) on complete data; regime fixed at
+    train.missing_rate; regime lnln has a rate per row (None here, see simulated_mask)."""
+    if train_cfg.variant == "upper_bound" or train_cfg.regime == "complete":
+        return 0.0
+    return None if train_cfg.regime == "lnln" else train_cfg.missing_rate
+
+
+def simulated_mask(natural: torch.Tensor, cfg: TrainConfig, seed: int) -> torch.Tensor:
+    """The mask of train.regime on rows `natural` (N, K), seeded: an epoch's train rows, or the valid rows once.
+    lnln: each row gets its own rate from U(0, 1), train.complete_share of them 0 (LNLN, NeurIPS 2024), drawn
+    from the same seed, so every epoch redraws them; the rate drops whole modalities (LNLN masks within them).
+    Never all of a row's modalities, as drop_at_rate."""
+    rate = train_missing_rate(cfg)
+    if rate is None:
+        rate = lnln_rates(len(natural), cfg.complete_share, derive_seed(seed, "lnln"))
+    return drop_at_rate(natural, rate, seed)
 
 
 def uses_sml(train_cfg: TrainConfig) -> bool:
