@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from features.extractors.base import (Extractor, audio_problem, guarded, peak_frame_db, split_by_text,
-                                      truncation_detail)
+                                      truncation_detail, versions)
 from features.media import AudioClip, MediaError
 from features.store import FeatureRow, MediaItem, TableInfo
 
@@ -44,6 +44,10 @@ def test_peak_frame_db_edges():
     assert peak_frame_db(tail, SR) == -200.0
     # At 40 Hz a 25 ms frame is one sample: the loudest sample.
     assert peak_frame_db(np.array([0.0, 1.0, 0.0, 0.0], np.float32), 40) == pytest.approx(0.0)
+    # In double precision: the level of a noisy frame is exactly that of its float64 RMS.
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, FRAME).astype(np.float32)
+    exact = 20 * math.log10(math.sqrt(float(np.mean(noise.astype(np.float64) ** 2))))
+    assert peak_frame_db(noise, SR) == pytest.approx(exact, rel=1e-12)
     # frame_s is honoured: 50 ms frames average the burst with its silent neighbour.
     assert peak_frame_db(np.concatenate([np.full(FRAME, 0.5), np.zeros(FRAME)]).astype(np.float32), SR,
                          frame_s=0.05) == pytest.approx(20 * math.log10(0.5 * math.sqrt(0.5)))
@@ -78,7 +82,7 @@ def test_truncation_detail():
         "audio truncated to max_seconds=30.0 (source: longer)"
 
 
-def test_guarded_turns_each_bad_file_into_its_status_row():
+def test_guarded_turns_each_bad_file_into_its_status_row(caplog):
     item = MediaItem("u3", Path("/media/u3.mp4"))
     assert guarded(item, lambda p: ("decoded", p)) == ("decoded", Path("/media/u3.mp4"))
     missing = guarded(MediaItem("u4"), lambda p: pytest.fail("no file to load"))
@@ -91,8 +95,10 @@ def test_guarded_turns_each_bad_file_into_its_status_row():
 
     def surprise(path):
         raise KeyError("moov")
-    row = guarded(item, surprise)
+    with caplog.at_level("WARNING", logger="features.extractors.base"):
+        row = guarded(item, surprise)
     assert (row.status, row.detail) == ("decode_error", "/media/u3.mp4: KeyError: 'moov'")
+    assert caplog.messages == ["u3: unexpected KeyError while decoding /media/u3.mp4: 'moov'"]
 
     def out_of_memory(path):
         raise MemoryError
@@ -115,7 +121,7 @@ class Fixed(Extractor):
     feature_set, modality, kind, extractor_version = "audio_x", "audio", "seq", "3"
 
     def __init__(self, **changes):
-        super().__init__("cpu")
+        super().__init__()                                          # the default device
         self.fields = {"dim": 4, "weights_id": "w:1", "weights_sha256": "ab", "feature_names": ["a", "b", "c", "d"],
                        "params": {"hop": 160}} | changes
 
@@ -129,6 +135,11 @@ class Fixed(Extractor):
 
     def extract(self, items):
         return []
+
+    def decode(self, path):
+        if path.suffix != ".wav":
+            raise MediaError("decode_error", f"{path}: not a wav")
+        return path.stem
 
     def model_inputs(self, items):
         raise NotImplementedError
@@ -152,7 +163,11 @@ def test_the_shard_cache_key_is_stable_and_moves_with_every_field():
     bumped = type("Bumped", (Fixed,), {"extractor_version": "4", "__module__": Fixed.__module__})
     other_set = type("Fixed", (Fixed,), {"feature_set": "audio_y", "__module__": Fixed.__module__})
     assert len({key, bumped().config_fingerprint(), other_set().config_fingerprint()}) == 3
-    assert Fixed().info().params == {"hop": 160, "device": "cpu"}
+    info = Fixed().info()
+    assert (info.feature_set, info.modality, info.kind, info.extractor_version) == ("audio_x", "audio", "seq", "3")
+    assert info.params == {"hop": 160, "device": "cpu"}
+    # A params value that JSON cannot hold (a path) still keys the cache, by its text.
+    assert Fixed(params={"root": Path("/a")}).config_fingerprint() != Fixed(params={"root": Path("/b")}).config_fingerprint()
     with Fixed() as extractor:
         assert isinstance(extractor, Fixed)
 
@@ -160,3 +175,15 @@ def test_the_shard_cache_key_is_stable_and_moves_with_every_field():
 def test_a_status_row_is_absent():
     row = FeatureRow(utterance_id="u", status="silent", detail="d")
     assert not row.present
+
+
+def test_decoded_skips_bad_media():
+    items = [MediaItem("a", Path("/m/a.wav")), MediaItem("b", Path("/m/b.mp3")), MediaItem("c"),
+             MediaItem("d", Path("/m/d.wav"))]
+    assert Fixed().decoded(items) == ["a", "d"]
+
+
+def test_versions_names_each_library_or_says_it_is_missing():
+    from importlib.metadata import version
+    assert versions("numpy", "no-such-distribution-x") == {"numpy": version("numpy"),
+                                                          "no-such-distribution-x": "not installed"}

@@ -121,9 +121,14 @@ def test_one_row_per_weight_row_and_undefined_corr_in_a_constant_resample():
     assert np.isnan(rows["corr"][1])                                   # one sample, twice: no correlation
     assert rows["corr"][2] == pytest.approx(-1.0)                      # two points on a falling line
     assert rows["mae"][1] == pytest.approx(0.5) and rows["mae"][2] == pytest.approx((0.5 + 2.5) / 2)
-    # A resample of one truth value but two predictions: constant truth, corr undefined.
+    # A resample of one truth value but two predictions: constant truth, corr undefined. In this one the
+    # rounding leaves a covariance of -2.2e-16 over a variance of exactly 0: still undefined, never -inf.
     rows = metric_rows("regression", np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 3.0]),
                        np.array([[1.0, 1.0, 0.0]]))
+    assert np.isnan(rows["corr"][0])
+    rows = metric_rows("regression", np.array([1.9662155629226508, -0.5448051817850326, 0.29756212603835674,
+                                               -2.83464532054159, 1.521078652048839]),
+                       np.array([2.5, -2.0, 2.5, -1.0, -0.5]), np.array([[2.0, 0.0, 3.0, 0.0, 0.0]]))
     assert np.isnan(rows["corr"][0])
 
 

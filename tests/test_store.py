@@ -138,3 +138,6 @@ def test_assemble_keeps_manifest_order_and_refuses_a_lost_row():
                                          r"nothing was written to out\.parquet\."):
         assemble(info(), parts[:1], rows, Path("out.parquet"))
     assert assemble(info(), [], [], Path("e.parquet")).num_rows == 0
+    many = [ManifestRow(f"u{i}", None, None) for i in range(8)]
+    with pytest.raises(ValueError, match=r"first missing: \['u1', 'u2', 'u3', 'u4', 'u5'\]\)"):   # five at most
+        assemble(info(), [rows_to_table([FeatureRow("u0", emb=np.zeros(3))], info())], many, Path("o.parquet"))
