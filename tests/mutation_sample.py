@@ -7,6 +7,7 @@ the same sample. A module with fewer mutants than that is run whole.
     python tests/mutation_sample.py restrict                 # each module's mutants meet its own test files only
     python tests/mutation_sample.py names --per-module 100   # the sample, one name per line
     python tests/mutation_sample.py report --per-module 100  # the per-module table, survivors listed
+    --modules REGEX keeps the modules whose dotted name matches (e.g. 'metrics|stats').
 
 Equivalent mutants (they cannot change behaviour) are the fully qualified names written in backticks in
 docs/benchmarks.md's "Mutation score" section, each with its reason there: one owner for the list.
@@ -46,12 +47,13 @@ TEST_FILES = {
 }
 
 
-def mutants_by_module() -> dict[str, dict[str, int | None]]:
-    """{module path: {mutant name: exit code}} from mutmut's .meta files."""
+def mutants_by_module(modules: str = ".") -> dict[str, dict[str, int | None]]:
+    """{module path: {mutant name: exit code}} from mutmut's .meta files, for the modules matching `modules`."""
     found: dict[str, dict[str, int | None]] = {}
     for meta in sorted(MUTANTS.rglob("*.py.meta")):
         module = meta.relative_to(MUTANTS).as_posix().removesuffix(".meta")
-        found[module] = json.loads(meta.read_text())["exit_code_by_key"]
+        if re.search(modules, module.removesuffix(".py").replace("/", ".")):
+            found[module] = json.loads(meta.read_text())["exit_code_by_key"]
     if not found:
         raise SystemExit("no mutants yet: run `make mutate` (it generates them first)")
     return found
@@ -87,12 +89,12 @@ def equivalent_names() -> set[str]:
     return set(re.findall(r"`((?:\w+\.)+x_\w+__mutmut_\d+)`", section))
 
 
-def report(per_module: int) -> str:
+def report(per_module: int, modules: str) -> str:
     equivalent = equivalent_names()
     lines = ["| module | sampled / all | killed | equivalent | survived | not run | score |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     survivors: dict[str, list[str]] = defaultdict(list)
-    for module, codes in mutants_by_module().items():
+    for module, codes in mutants_by_module(modules).items():
         chosen = sample(list(codes), per_module)
         killed = sum(codes[n] in KILLED for n in chosen)
         equiv = sum(n in equivalent and codes[n] not in KILLED for n in chosen)
@@ -113,14 +115,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["restrict", "names", "report"])
     parser.add_argument("--per-module", type=int, default=100)
+    parser.add_argument("--modules", default=".")
     args = parser.parse_args()
     if args.what == "restrict":
         restrict()
     elif args.what == "names":
-        for codes in mutants_by_module().values():
+        for codes in mutants_by_module(args.modules).values():
             print("\n".join(sample(list(codes), args.per_module)))
     else:
-        print(report(args.per_module))
+        print(report(args.per_module, args.modules))
 
 
 if __name__ == "__main__":
