@@ -68,7 +68,7 @@ SAMPLE = $(BIN)/python tests/mutation_sample.py
 mutate: $(STAMP)
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt mutmut
 	rm -rf mutants
-	$(MUTMUT) run 'trml.missing.x_rate_key*'
+	$(MUTMUT) run trml.missing.x_derive_seed__mutmut_1
 	$(SAMPLE) restrict
 	$(MUTMUT) run $$($(SAMPLE) names --per-module $(MUTATE_SAMPLE) --modules '$(MUTATE_MODULES)')
 	$(SAMPLE) report --per-module $(MUTATE_SAMPLE) --modules '$(MUTATE_MODULES)'
