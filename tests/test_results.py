@@ -30,6 +30,15 @@ def test_ci_contains_a_known_difference_and_is_tight_with_much_data():
     assert d["mean"] == pytest.approx(true_diff, abs=0.03)
 
 
+def test_the_bootstrap_is_seeded():
+    rng = np.random.default_rng(2)
+    truth = rng.uniform(-3, 3, 40)
+    a, b = truth + rng.normal(0, 1, (2, 1, 40)), truth + rng.normal(0, 1.5, (2, 1, 40))
+    once = paired_difference("regression", a, b, truth, resamples=200, seed=7)["mae"]
+    assert paired_difference("regression", a, b, truth, resamples=200, seed=7)["mae"] == once
+    assert paired_difference("regression", a, b, truth, resamples=200, seed=8)["mae"]["ci95"] != once["ci95"]
+
+
 # Coverage at the nominal rate, and planted wrong intervals that miss it: tests/test_intervals.py.
 
 
