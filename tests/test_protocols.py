@@ -155,8 +155,12 @@ def test_a_subset_condition_removes_exactly_the_modalities_outside_it():
             mask = mask_for(natural, names, cond, seed)
             for k, keep in enumerate(inside):
                 assert torch.equal(mask[:, k], natural[:, k] if keep else torch.zeros(200, dtype=torch.bool)), (cond, k)
-    with pytest.raises(ValueError, match=r"avail_tx: \['x'\] modality initial\(s\) not among"):
+    with pytest.raises(ValueError) as exc:
         keep_subset(natural, names, "tx")
+    assert str(exc.value) == ("subset avail_tx: ['x'] modality initial(s) not among the enabled modalities "
+                              "['text', 'vision', 'audio', 'face'] (initials tvaf)")
+    with pytest.raises(ValueError, match=r"^subset avail_: no modality initial\(s\) not among"):
+        keep_subset(natural, names, "")
     with pytest.raises(ValueError, match="avail_a"):
         mask_for(natural[:, :2], ["text", "vision"], "avail_a", 0)
 

@@ -30,6 +30,11 @@ def test_ci_contains_a_known_difference_and_is_tight_with_much_data():
     assert d["mean"] == pytest.approx(true_diff, abs=0.03)
 
 
+def test_a_metric_undefined_at_every_seed_has_no_mean_or_sd():
+    assert summarize([None, None]) == {"mean": None, "sd": None, "n": 0, "values": [None, None]}
+    assert summarize([0.5, None]) == {"mean": 0.5, "sd": None, "n": 1, "values": [0.5, None]}
+
+
 def test_the_bootstrap_is_seeded():
     rng = np.random.default_rng(2)
     truth = rng.uniform(-3, 3, 40)
