@@ -84,6 +84,16 @@ def test_lnln_rates_are_uniform_per_row_with_the_complete_share():
     assert int((lnln_rates(10, 0.3, seed=0) == 0).sum()) == 3 and bool((lnln_rates(10, 0.0, 0) > 0).all())
 
 
+def test_per_row_rates_are_checked_one_per_row_in_0_1():
+    natural = torch.ones(4, 3, dtype=torch.bool)
+    message = r"^per-row missing rates must be one per row \(4\) in \[0, 1\)$"
+    for rates in (torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.0, 0.5, 1.0, 0.2]), torch.tensor([0.0, 1.5, 0.1, 0.2]),
+                  torch.tensor([0.0, -0.1, 0.1, 0.2])):
+        with pytest.raises(ValueError, match=message):
+            drop_at_rate(natural, rates, 0)
+    assert drop_at_rate(natural, torch.tensor([0.0, 0.0, 0.0, 0.999]), 0)[:3].all()       # rate 0: all kept
+
+
 def test_lnln_trains_on_per_row_rates_redrawn_every_epoch_never_emptying_a_row(fixture_dir, tmp_path):
     from trml.train import simulated_mask
     masks, naturals = training_masks(fixture_dir, tmp_path, epochs=4, regime="lnln", complete_share=0.5)
