@@ -37,7 +37,7 @@ TEST_FILES = {
     "trml.model": ["test_trml.py", "test_models.py"],
     "trml.stats": ["test_intervals.py", "test_results.py"],
     "trml.train": ["test_trml.py", "test_results.py"],
-    "trml.checkpoint": ["test_trml.py", "test_results.py"],
+    "trml.checkpoint": ["test_checkpoint.py", "test_trml.py", "test_results.py"],
     "trml.evaluate": ["test_trml.py", "test_results.py"],
     "trml.compare": ["test_trml.py", "test_results.py"],
     "features.store": ["test_store.py", "test_truncated.py", "test_shard_size.py", "test_adapters.py",
