@@ -67,7 +67,9 @@ def ran_stages(output: str) -> set[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     dest = copy_project(tmp_path_factory.mktemp("project"))
-    run(["dvc", "repro"], dest, timeout=1500)
+    # As `make demo` runs it: one Prefect server for the five extraction processes. The plain `dvc repro`
+    # (each extraction starts its own temporary server) is what stages_rerun_after runs.
+    run(["trml", "with-prefect", "--", "dvc", "repro"], dest, timeout=1500)
     return dest
 
 

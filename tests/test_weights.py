@@ -241,7 +241,7 @@ def test_replacing_a_local_checkpoint_reruns_the_clip_extract_stages(tmp_path):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = ["extract@sample-text_clip", "extract@sample-vision_clip"]
     first = save_checkpoint(project / "weights" / "clip.pt", "ViT-S-32-alt", seed=1)
-    run(["dvc", "repro", *stages], project, timeout=900)
+    run(["trml", "with-prefect", "--", "dvc", "repro", *stages], project, timeout=900)
     assert not (set(json.loads(run(["dvc", "status", "--json", *stages], project).stdout)))
 
     second = save_checkpoint(project / "weights" / "clip.pt", "ViT-S-32-alt", seed=2)   # same path, new weights
@@ -249,7 +249,7 @@ def test_replacing_a_local_checkpoint_reruns_the_clip_extract_stages(tmp_path):
     status = json.loads(run(["dvc", "status", "--json"], project).stdout)
     for stage in stages:
         assert {"changed deps": {"weights": "modified"}} in status[stage], status.get(stage)
-    proc = run(["dvc", "repro", *stages], project, timeout=900)
+    proc = run(["trml", "with-prefect", "--", "dvc", "repro", *stages], project, timeout=900)
     assert ran_stages(proc.stdout) == set(stages), proc.stdout[-2000:]
     for name in ("text_clip", "vision_clip"):
         meta = read_metadata(project / f"data/features/sample/{name}.parquet")
