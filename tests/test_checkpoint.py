@@ -124,6 +124,12 @@ def test_a_checkpoint_of_another_format_asks_for_a_retrain(tmp_path):
         load_checkpoint(tmp_path / "list.pt")
 
 
+def test_a_checkpoint_is_read_onto_the_device_asked_for(tmp_path):
+    checkpoint(tmp_path / "best.pt", model={"w": torch.arange(3.0)})
+    assert load_checkpoint(tmp_path / "best.pt", device="meta")["model"]["w"].device.type == "meta"
+    assert load_checkpoint(tmp_path / "best.pt")["model"]["w"].device.type == "cpu"
+
+
 def finished(folder, best: bool = True, **fields):
     folder.mkdir(exist_ok=True)
     checkpoint(folder / "last.pt", **fields)
@@ -146,6 +152,10 @@ def test_a_run_of_other_settings_or_epochs_is_not_finished(tmp_path):
     assert not completed_run(folder, "sig", 6)            # asked for more epochs than it was trained for
     assert not completed_run(folder, "sig", 4)            # fewer: a longer run is not this one either
     assert not completed_run(finished(tmp_path / "b", config={}, state={"epoch": 4}), "sig", 5)
+    # A checkpoint of this format without the fields a run writes (another tool's file): not a finished run.
+    folder.joinpath("last.pt").unlink()
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "signature": "sig"}, folder / "last.pt")
+    assert not completed_run(folder, "sig", 5)
 
 
 def test_a_run_without_best_or_with_an_unreadable_last_is_not_finished(tmp_path):
@@ -165,13 +175,15 @@ def model_and_optimizer(seed: int):
     return model, opt
 
 
-def test_resume_loads_the_weights_the_optimizer_and_the_state(tmp_path):
+def test_resume_loads_the_weights_the_optimizer_and_the_state(tmp_path, caplog):
     saved, saved_opt = model_and_optimizer(0)
     state = {"epoch": 3, "best": 0.5}
     checkpoint(tmp_path / "last.pt", model=saved.state_dict(), optimizer=saved_opt.state_dict(), state=state,
                epoch=3)
     model, opt = model_and_optimizer(1)
-    assert resume(tmp_path / "last.pt", "sig", model, opt, fresh={"epoch": -1}) == state
+    with caplog.at_level(logging.INFO, logger="trml.checkpoint"):
+        assert resume(tmp_path / "last.pt", "sig", model, opt, fresh={"epoch": -1}) == state
+    assert caplog.messages == [f"{tmp_path / 'last.pt'}: resuming after epoch 3"]
     assert torch.equal(model.weight, saved.weight)
     assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], saved_opt.state_dict()["state"][0]["exp_avg"])
 
@@ -185,10 +197,13 @@ def test_resume_starts_fresh_without_a_matching_readable_last(tmp_path, caplog):
     checkpoint(tmp_path / "last.pt", model=saved.state_dict(), optimizer=saved_opt.state_dict())
     with caplog.at_level(logging.INFO, logger="trml.checkpoint"):
         assert resume(tmp_path / "last.pt", "changed", model, opt, fresh) is fresh
-    assert "config or data changed since it was written; training from scratch" in caplog.text
-    (tmp_path / "last.pt").write_bytes(b"half")
+    path = tmp_path / "last.pt"
+    assert caplog.messages == [f"{path}: config or data changed since it was written; training from scratch"]
+    path.write_bytes(b"half")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="trml.checkpoint"):
-        assert resume(tmp_path / "last.pt", "sig", model, opt, fresh) is fresh
-    assert "cannot be read" in caplog.text and "training from scratch" in caplog.text
+        assert resume(path, "sig", model, opt, fresh) is fresh
+    [message] = caplog.messages
+    assert message.startswith(f"{path}: cannot be read ({path}: not a readable checkpoint (")
+    assert message.endswith("); training from scratch")
     assert torch.equal(model.weight, before)

@@ -117,6 +117,53 @@ def test_compare_reuses_the_model_the_train_stage_trained(tmp_path, monkeypatch)
     assert calls == [("trml", 0), ("trml", 1), ("zero_fill", 0), ("zero_fill", 1)]
 
 
+def test_a_subsets_comparison_writes_its_method_headline_ranks_and_tables(tmp_path):
+    """compare.json's schema and method, the headline under protocol subsets, the ranks, the predictions'
+    column types and the DVC plot tables, on one small real comparison (regime complete, so that the
+    regime it names is not the default)."""
+    import pyarrow.parquet as pq
+    from trml.compare import compare
+    from trml.missing import derive_seed
+    from trml.stats import CI_LEVEL, CORRECTION, METHOD
+    root = write_fixture(tmp_path / "fx")
+    ec = EvaluateConfig(protocol="subsets", seed=3)
+    cc = CompareConfig(variants=["trml", "zero_fill", "lf_dnn", "upper_bound"], seeds=[0, 1], bootstrap=100)
+    res = compare(DS, small_model(), small_train(epochs=1, regime="complete"), ec, cc, root, tmp_path / "models",
+                  tmp_path / "reports", tmp_path / "metrics", tmp_path / "plots")
+    assert list(res) == ["dataset", "task", "headline", "protocol", "regime", "seeds", "conditions", "rates",
+                         "mean_of", "split_sizes", "method", "variants", "differences", "reference", "ranks",
+                         "provenance"]
+    assert (res["protocol"], res["regime"], res["rates"]) == ("subsets", "complete", [])
+    subsets = res["mean_of"]["subset_mean"]
+    assert len(subsets) == 15 and subsets[-1] == "avail_tvaf" and res["conditions"] == subsets + ["subset_mean"]
+    assert res["method"] == {"spread": "sd over seeds (n - 1)", "ci": METHOD, "level": CI_LEVEL,
+                             "correction": CORRECTION, "family_size": 16, "seed_level": True, "resamples": 100,
+                             "seed": derive_seed(3, "bootstrap")}
+    trml = res["variants"]["trml"]
+    for cond, order in res["ranks"].items():                # best first: the lowest mean MAE
+        maes = [res["variants"][v][cond]["mae"]["mean"] for v in order]
+        assert sorted(order) == ["lf_dnn", "trml", "zero_fill"] and maes == sorted(maes), cond
+    assert len({tuple(order) for order in res["ranks"].values()}) > 1     # the ranks differ between subsets
+    zf = res["differences"]["zero_fill"]["subset_mean"]["mae"]
+    headline = json.loads((tmp_path / "metrics" / f"{DS}.json").read_text())
+    assert headline == {"mae_full": trml["avail_tvaf"]["mae"]["mean"], "mae_subs": trml["subset_mean"]["mae"]["mean"],
+                        "acc2_full": trml["avail_tvaf"]["acc2_non0"]["mean"],
+                        "acc2_subs": trml["subset_mean"]["acc2_non0"]["mean"], "vs_zf_mae": zf["mean"],
+                        "vs_zf_lo": zf["ci95_adj"][0], "vs_zf_hi": zf["ci95_adj"][1],
+                        "rank": float(res["ranks"]["subset_mean"].index("trml") + 1)}
+    predictions = pq.read_schema(tmp_path / "reports" / DS / "predictions.parquet")
+    assert [(f.name, str(f.type)) for f in predictions] == [
+        ("variant", "string"), ("seed", "int64"), ("condition", "string"), ("draw", "int32"),
+        ("utterance_id", "string"), ("truth", "double"), ("pred", "double")]
+    table = (tmp_path / "plots" / DS / "compare" / "mae.csv").read_bytes().decode()
+    assert "\r" not in table
+    rows = [line.split(",") for line in table.splitlines()]
+    assert rows[0] == ["variant", "rate", "mean", "sd", "lo", "hi"]
+    [reference] = [r for r in rows if r[0] == "upper_bound"]
+    assert reference[1] == "avail_tvaf"                      # the reference sits at the full subset
+    assert [r[1] for r in rows if r[0] == "trml"] == subsets
+
+
 # ---------------------------------------------------------------- the compact metrics file
 
 def _fake_results(task: str, rates: list[str]) -> dict:

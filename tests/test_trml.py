@@ -687,3 +687,103 @@ def test_the_checkpoint_is_chosen_on_valid_alone(tmp_path):
     assert first["best_epoch"] == second["best_epoch"] and first["best_valid"] == second["best_valid"]
     for key, tensor in best_a["model"].items():
         assert torch.equal(tensor, best_b["model"][key]), key
+
+
+# ---------------------------------------------------------------- what the evaluation writes beside its numbers
+
+def drawn_figure(monkeypatch, *args, **kwargs):
+    """plot_vs_rate's figure as it is saved, and the PNG's size in pixels."""
+    import matplotlib.pyplot as plt
+    from trml.evaluate import plot_vs_rate
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    path = args[3]
+    plot_vs_rate(*args, **kwargs)
+    [fig] = closed
+    png = path.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    size = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    return fig, size
+
+
+def test_the_rate_plot_draws_each_variant_its_band_and_the_complete_data_level(monkeypatch, tmp_path):
+    rates = ["r0.0", "r0.5"]
+    curves = {"trml": {"r0.0": {"mae": (0.5, 0.1), "corr": (0.6, None)}, "r0.5": {"mae": (0.7, 0.2)}},
+              "zero_fill": {"r0.0": {"mae": (0.6, None)}, "r0.5": {"mae": (0.9, None)}}}
+    reference = {"upper_bound": {"mae": (0.4, 0.05), "corr": (0.8, None)}}
+    fig, size = drawn_figure(monkeypatch, curves, rates, ("mae", "corr"), tmp_path / "p.png", "fx: test",
+                             reference=reference)
+    assert size == (round(3.6 * 2 * 90), round(3.0 * 90))            # one row of two panels at 90 dpi
+    assert fig._suptitle.get_text() == "fx: test"
+    mae, corr = fig.axes
+    assert (mae.get_title(), corr.get_title()) == ("mae", "corr")
+    assert mae.get_xlabel() == "missing rate"
+    trml, zero_fill, level = mae.get_lines()
+    assert trml.get_label() == "trml" and list(trml.get_xdata()) == [0.0, 0.5]
+    assert list(trml.get_ydata()) == [0.5, 0.7] and list(zero_fill.get_ydata()) == [0.6, 0.9]
+    assert level.get_label() == "upper_bound (complete data)" and list(level.get_ydata()) == [0.4, 0.4]
+    assert level.get_linestyle() == "--" and level.get_color() == "grey"
+    band, level_band = mae.collections[0], mae.patches[0]              # zero_fill has no sd: no band
+    assert len(mae.collections) == 1 and len(mae.patches) == 1
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert np.isclose(ys.min(), 0.4) and np.isclose(ys.max(), 0.9)     # 0.5 - 0.1 ... 0.7 + 0.2
+    assert np.allclose(band.get_facecolor()[0][:3], matplotlib_rgb(trml.get_color()))
+    assert band.get_facecolor()[0][3] == pytest.approx(0.2) and list(band.get_linewidth()) == [0]
+    assert np.allclose(level_band.get_facecolor()[:3], matplotlib_rgb("grey"))
+    ys = level_band.get_path().transformed(level_band.get_patch_transform()).vertices[:, 1]
+    assert level_band.get_linewidth() == 0 and level_band.get_facecolor()[3] == pytest.approx(0.12)
+    # The corr panel: trml's mean at r0.5 is missing (NaN, a gap), and no band without an sd.
+    assert np.isnan(corr.get_lines()[0].get_ydata()[1]) and not corr.collections
+    assert all(line.get_alpha() == 0.3 for line in mae.get_xgridlines())
+    assert [t.get_text() for t in mae.get_legend().get_texts()] == ["trml", "zero_fill", "upper_bound (complete data)"]
+
+
+def matplotlib_rgb(color):
+    from matplotlib.colors import to_rgb
+    return to_rgb(color)
+
+
+def test_the_subset_plot_names_the_subsets_and_blanks_the_spare_panels(monkeypatch, tmp_path):
+    rates = ["avail_t", "avail_tv", "avail_tva"]
+    curves = {"trml": {r: {k: (float(i), None) for k in "abcde"} for i, r in enumerate(rates)}}
+    fig, size = drawn_figure(monkeypatch, curves, rates, tuple("abcde"), tmp_path / "s.png", "subsets")
+    assert size == (round(3.6 * 4 * 90), round(3.0 * 2 * 90))        # five panels: two rows of four
+    first = fig.axes[0]
+    assert first.get_xlabel() == "available modalities"
+    assert list(first.get_lines()[0].get_xdata()) == [0.0, 1.0, 2.0]
+    assert [t.get_text() for t in first.get_xticklabels()] == ["t", "tv", "tva"]
+    assert [ax.axison for ax in fig.axes] == [True] * 5 + [False] * 3
+
+
+def test_the_rate_table_leaves_an_undefined_metric_empty(tmp_path):
+    from trml.evaluate import write_rate_table
+    by_cond = {"r0.0": {"mae": 0.51234, "corr": None}, "r0.5": {"mae": 0.7, "corr": 0.25}}
+    write_rate_table(by_cond, ["r0.0", "r0.5", "r0.9"], ("mae", "corr"), tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text().splitlines() == ["rate,corr,mae", "0.0,,0.5123", "0.5,0.2500,0.7000"]
+
+
+def test_a_split_without_labelled_rows_is_empty_and_says_so(data, caplog):
+    from trml.evaluate import evaluate_split
+    with caplog.at_level("WARNING", logger="trml.evaluate"):
+        assert evaluate_split(None, data, "holdout", ["r0.0"], EvaluateConfig()) == {}
+    assert f"{DS}: no labelled holdout rows; its section of the metrics is empty" in caplog.text
+
+
+def test_a_stale_checkpoint_names_every_setting_that_differs(fixture_dir, tmp_path):
+    from trml.evaluate import StaleModelError, load_model
+    from trml.train import train
+    train(DS, small_model(), small_train(epochs=1), fixture_dir, tmp_path / "models")
+    best = tmp_path / "models" / DS / "trml" / "best.pt"
+    data = load_dataset(DS, small_model(rnn_layers=2), fixture_dir)
+    with pytest.raises(StaleModelError) as err:
+        load_model(best, small_model(rnn_layers=2), small_train(epochs=1, lr=0.01), data)
+    assert str(err.value) == (f"{best} was trained with other settings (model.rnn_layers: checkpoint 1, params 2; "
+                              f"train.lr: checkpoint 0.003, params 0.01). Run `trml train --dataset {DS}` again.")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_evaluating_on_a_cuda_that_is_not_there_names_train_device(data, tmp_path):
+    from common.errors import UserError
+    from trml.evaluate import load_model
+    with pytest.raises(UserError, match=r"train\.device"):
+        load_model(tmp_path / "best.pt", small_model(), small_train(device="cuda"), data)
