@@ -156,6 +156,9 @@ def test_a_run_of_other_settings_or_epochs_is_not_finished(tmp_path):
     folder.joinpath("last.pt").unlink()
     save_checkpoint({"format": CHECKPOINT_FORMAT, "signature": "sig"}, folder / "last.pt")
     assert not completed_run(folder, "sig", 5)
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "signature": "sig", "config": {"train": {"epochs": 5}}},
+                    folder / "last.pt")
+    assert not completed_run(folder, "sig", 5)
 
 
 def test_a_run_without_best_or_with_an_unreadable_last_is_not_finished(tmp_path):

@@ -710,12 +710,13 @@ def test_the_rate_plot_draws_each_variant_its_band_and_the_complete_data_level(m
     rates = ["r0.0", "r0.5"]
     curves = {"trml": {"r0.0": {"mae": (0.5, 0.1), "corr": (0.6, None)}, "r0.5": {"mae": (0.7, 0.2)}},
               "zero_fill": {"r0.0": {"mae": (0.6, None)}, "r0.5": {"mae": (0.9, None)}}}
-    reference = {"upper_bound": {"mae": (0.4, 0.05), "corr": (0.8, None)}}
-    fig, size = drawn_figure(monkeypatch, curves, rates, ("mae", "corr"), tmp_path / "p.png", "fx: test",
+    reference = {"upper_bound": {"mae": (0.4, 0.05), "corr": (0.8, None)}}    # none for acc2: no level there
+    fig, size = drawn_figure(monkeypatch, curves, rates, ("mae", "corr", "acc2"), tmp_path / "p.png", "fx: test",
                              reference=reference)
-    assert size == (round(3.6 * 2 * 90), round(3.0 * 90))            # one row of two panels at 90 dpi
+    assert size == (round(3.6 * 3 * 90), round(3.0 * 90))            # one row of three panels at 90 dpi
     assert fig._suptitle.get_text() == "fx: test"
-    mae, corr = fig.axes
+    mae, corr, acc2 = fig.axes
+    assert [line.get_label() for line in acc2.get_lines()] == ["trml", "zero_fill"]
     assert (mae.get_title(), corr.get_title()) == ("mae", "corr")
     assert mae.get_xlabel() == "missing rate"
     trml, zero_fill, level = mae.get_lines()
@@ -785,5 +786,125 @@ def test_a_stale_checkpoint_names_every_setting_that_differs(fixture_dir, tmp_pa
 def test_evaluating_on_a_cuda_that_is_not_there_names_train_device(data, tmp_path):
     from common.errors import UserError
     from trml.evaluate import load_model
-    with pytest.raises(UserError, match=r"train\.device"):
+    with pytest.raises(UserError, match=r"^train\.device is 'cuda' but torch sees no CUDA device"):
         load_model(tmp_path / "best.pt", small_model(), small_train(device="cuda"), data)
+
+
+# ---------------------------------------------------------------- the model's parts, each on its own
+
+def test_an_embedding_of_any_width_is_projected_to_the_hidden_width():
+    from trml.model import EmbEncoder
+    enc = EmbEncoder(5, 8, dropout=0.0)
+    out = enc(torch.randn(3, 5))
+    assert out.shape == (3, 8)
+    assert torch.allclose(out.mean(-1), torch.zeros(3), atol=1e-5)      # LayerNorm'd, as every representation
+
+
+@pytest.mark.parametrize("layers,between", [(1, 0.0), (2, 0.25), (3, 0.25)])
+def test_a_sequence_encoder_drops_out_between_rnn_layers_only(layers, between, recwarn):
+    """torch applies RNN dropout between stacked layers only, and warns when it is set on a single layer."""
+    from trml.model import SeqEncoder
+    enc = SeqEncoder(4, 8, "gru", layers, dropout=0.25)
+    assert enc.rnn.num_layers == layers and enc.rnn.dropout == between
+    assert not [w for w in recwarn if "dropout" in str(w.message)]
+
+
+def test_the_mlp_ends_in_a_linear_layer_with_activations_only_between():
+    from trml.model import _mlp
+    net = _mlp([4, 6, 6, 3], dropout=0.1)
+    assert [type(m).__name__ for m in net] == ["Linear", "GELU", "Dropout", "Linear", "GELU", "Dropout", "Linear"]
+    assert [(m.in_features, m.out_features) for m in net if isinstance(m, torch.nn.Linear)] == [(4, 6), (6, 6), (6, 3)]
+
+
+def test_the_head_is_not_linear_in_the_fused_representation():
+    """The prediction head is an MLP with a nonlinearity: h(a + b) != h(a) + h(b) - h(0)."""
+    torch.manual_seed(0)
+    model = TRML(small_model(), [InputSpec("text", "emb", 4), InputSpec("vision", "emb", 4)], 1).eval()
+    a, b = torch.randn(5, 32), torch.randn(5, 32)
+    head = model.head
+    assert not torch.allclose(head(a + b), head(a) + head(b) - head(torch.zeros_like(a)), atol=1e-4)
+
+
+def test_mmi_exists_for_two_modalities_and_never_for_zero_fill():
+    specs = [InputSpec("text", "emb", 4), InputSpec("vision", "emb", 4)]
+    assert TRML(small_model(), specs, 1, "trml").use_mmi and TRML(small_model(), specs, 1, "no_sml").use_mmi
+    zero_fill = TRML(small_model(), specs, 1, "zero_fill")
+    assert not zero_fill.use_mmi and zero_fill.mmi is None
+    assert not TRML(small_model(), specs[:1], 1, "trml").use_mmi          # nothing to infer from
+    out = zero_fill.eval()({"text": (torch.randn(3, 4), None), "vision": (torch.randn(3, 4), None)},
+                           torch.tensor([[True, False]] * 3))
+    assert torch.equal(out.virtual, torch.zeros_like(out.virtual))
+
+
+def test_sanitize_clamps_a_length_to_the_steps_the_batch_has():
+    from trml.model import sanitize
+    x = torch.ones(2, 3, 2)
+    lengths = torch.tensor([7, 0])
+    [(seq, lens)] = sanitize([InputSpec("audio", "seq", 2)], {"audio": (x, lengths)},
+                             torch.tensor([[True], [True]])).values()
+    assert lens.tolist() == [3, 1] and torch.equal(seq[0], x[0]) and torch.equal(seq[1], torch.zeros(3, 2))
+
+
+# ---------------------------------------------------------------- what a training run records
+
+def test_a_run_records_its_log_summary_state_and_lines(fixture_dir, tmp_path, caplog):
+    """One short run with early stopping: the CSV log, summary.json, last.pt's state and the log lines say
+    the same, and the train loss is the task loss plus alpha times the SML loss."""
+    from trml.checkpoint import load_checkpoint
+    from trml.train import train
+    mc, tc = small_model(), small_train(epochs=12, patience=1, lr=0.05)
+    with caplog.at_level("INFO", logger="trml.train"):
+        summary = train(DS, mc, tc, fixture_dir, tmp_path / "models", plots_dir=tmp_path / "plots")
+    out = tmp_path / "models" / DS / "trml"
+    rows = (out / "train_log.csv").read_text().splitlines()
+    assert rows[0].split(",") == ["epoch", "train_loss", "train_task", "train_sml", "valid_loss", "valid_acc2_has0",
+                                  "valid_f1_has0", "valid_acc2_non0", "valid_f1_non0", "valid_acc7", "valid_acc5",
+                                  "valid_mae", "valid_corr", "best"]
+    assert (tmp_path / "plots" / DS / "train_trml.csv").read_text() == (out / "train_log.csv").read_text()
+    state = load_checkpoint(out / "last.pt")["state"]
+    assert sorted(state) == ["bad_epochs", "best_epoch", "best_score", "epoch", "log", "stopped"]
+    assert state["stopped"] and summary["stopped_early"] and summary["epochs_run"] == state["epoch"] + 1 < 12
+    for row in state["log"]:
+        assert row["train_loss"] == pytest.approx(row["train_task"] + tc.alpha * row["train_sml"], rel=1e-5)
+        assert 0 < row["train_sml"] < 10                        # a mean per row, not a sum over the epoch
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["config"] == {"model": mc.model_dump(mode="json"), "train": tc.model_dump(mode="json")}
+    assert on_disk["best_valid"]["epoch"] == state["best_epoch"]
+    stop = [m for m in caplog.messages if m.startswith("early stopping")]
+    assert stop == [f"early stopping after epoch {state['epoch']} (best {state['best_epoch']}, patience 1)"]
+    starred = [m for m in caplog.messages if m.rstrip().endswith("s") and " * " in f" {m} "]
+    improved = [r["epoch"] for r in state["log"] if r["best"]]
+    assert len(starred) == len(improved) and len(improved) < len(state["log"])
+
+
+def test_an_undefined_log_value_is_an_empty_cell(tmp_path):
+    from trml.train import _write_log
+    _write_log([{"epoch": 0, "train_loss": 1.5, "train_task": 1.5, "train_sml": None, "valid_corr": None,
+                 "best": True}], "regression", tmp_path / "log.csv", None)
+    header, row = (tmp_path / "log.csv").read_text().splitlines()
+    cells = dict(zip(header.split(","), row.split(",")))
+    assert (cells["epoch"], cells["train_loss"], cells["train_sml"], cells["valid_corr"], cells["best"]) == \
+        ("0", "1.500000", "", "", "True")
+
+
+def test_the_epoch_bar_counts_the_epochs_left(tmp_path):
+    from trml.train import epoch_bar
+    bar = epoch_bar({"epoch": 2, "stopped": False, "best_epoch": 1}, small_train(epochs=5), "trml", tmp_path)
+    assert list(bar) == [3, 4] and bar.total == 5
+    done = epoch_bar({"epoch": 1, "stopped": True, "best_epoch": 0}, small_train(epochs=5), "trml", tmp_path)
+    assert list(done) == [] and done.disable
+
+
+def test_regimes_set_the_training_rate():
+    from trml.train import simulated_mask, train_missing_rate
+    assert train_missing_rate(small_train(regime="complete")) == 0.0
+    assert train_missing_rate(small_train(variant="upper_bound")) == 0.0
+    assert train_missing_rate(small_train(missing_rate=0.4)) == 0.4
+    assert train_missing_rate(small_train(regime="lnln")) is None
+    natural = torch.ones(400, 4, dtype=torch.bool)
+    lnln = small_train(regime="lnln", complete_share=0.25)
+    once = simulated_mask(natural, lnln, seed=5)
+    assert torch.equal(simulated_mask(natural, lnln, seed=5), once)              # seeded
+    assert not torch.equal(simulated_mask(natural, lnln, seed=6), once)
+    complete_rows = once.all(1).float().mean().item()
+    assert 0.25 <= complete_rows < 0.5            # the complete share, plus rows whose own draw dropped nothing

@@ -88,7 +88,7 @@ class MMIGenerator(nn.Module):
               where j and k are both there, whatever else is missing, which suits small datasets.
     """
 
-    def __init__(self, n_others: int, hidden: int, layers: int, dropout: float, kind: str = "pairwise"):
+    def __init__(self, n_others: int, hidden: int, layers: int, dropout: float, kind: str):
         super().__init__()
         self.kind = kind
         if kind == "concat":
@@ -103,7 +103,7 @@ class MMIGenerator(nn.Module):
             return self.norm(self.net(torch.cat([others.flatten(1), others_mask.to(others.dtype)], dim=1)))
         translated = torch.stack([net(others[:, j]) for j, net in enumerate(self.nets)], 1)    # (B, K-1, H)
         translated = torch.where(others_mask.unsqueeze(-1), translated, torch.zeros_like(translated))
-        n_present = others_mask.sum(1, keepdim=True).clamp(min=1).to(translated.dtype)
+        n_present = others_mask.sum(1, keepdim=True).clamp(min=1)      # an integer count: / keeps h's dtype
         return self.norm(translated.sum(1) / n_present)
 
 
