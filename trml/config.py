@@ -111,14 +111,17 @@ class TrainConfig(Strict):
 
 
 class EvaluateConfig(Strict):
-    protocol: Literal["modality", "subsets"] = Field(
+    protocol: Literal["modality", "subsets", "intra"] = Field(
         "modality", exclude_if=omitted_at("modality"),
         description="test conditions: modality (whole modalities missing at each test rate, plus the "
                     "single-modality patterns) | subsets (every non-empty subset of the enabled modalities "
-                    "available on every row, MMIN / MoMKE: avail_t, avail_tv, ...)")
+                    "available on every row, MMIN / MoMKE: avail_t, avail_tv, ...) | intra (each step of every "
+                    "present sequence modality zeroed with probability r at each test rate, TFR-Net / LNLN: "
+                    "i0.0, i0.3, ...)")
     test_missing_rates: list[float] = Field(
         default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.7],
-        description="modality-missing rates simulated at test time (one decimal: keys r0.0, r0.3, ...)")
+        description="missing rates simulated at test time (one decimal: keys r0.0, r0.3, ...; protocol intra: "
+                    "step-masking rates, keys i0.0, i0.3, ...)")
     patterns: bool = Field(True, description="also report each single-modality-missing pattern")
     mask_draws: int = Field(
         10, ge=1, le=1000,

@@ -35,7 +35,7 @@ from trml.config import ModelConfig, TrainConfig
 from trml.data import TRMLData, load_dataset
 from trml.losses import sml_loss, task_loss
 from trml.metrics import LOWER_IS_BETTER, compute_metrics, metric_keys
-from trml.missing import derive_seed, drop_at_rate, lnln_rates
+from trml.missing import StepMask, derive_seed, drop_at_rate, lnln_rates
 from trml.model import InputSpec
 from trml.registry import build_model, forward
 from trml.registry import uses_sml as model_uses_sml
@@ -236,14 +236,18 @@ def write_summary(run: Run, data: TRMLData, model_cfg: ModelConfig, cfg: TrainCo
 @torch.inference_mode()
 def predict(model: torch.nn.Module, data: TRMLData, idx: torch.Tensor, mask: torch.Tensor, batch_size: int,
             amp_dtype: torch.dtype | None = None) -> np.ndarray:
-    """Model outputs for rows idx under mask (len(idx), K): scores (n,) or logits (n, C), float32 numpy."""
+    """Model outputs for rows idx under mask (len(idx), K), or a StepMask of those rows (evaluate.protocol
+    intra): scores (n,) or logits (n, C), float32 numpy."""
     model.eval()
     device = next(model.parameters()).device
     outs = []
     for start in range(0, len(idx), max(batch_size, 256)):
         sl = slice(start, start + max(batch_size, 256))
+        part = mask.rows(sl) if isinstance(mask, StepMask) else None
+        rows_mask = mask[sl] if part is None else part.modality
         with autocast(device, amp_dtype):
-            outs.append(forward(model, input_specs(data), data.batch(idx[sl]), mask[sl].to(device)).pred.float().cpu())
+            outs.append(forward(model, input_specs(data), data.batch(idx[sl]), rows_mask.to(device),
+                                None if part is None else part.steps).pred.float().cpu())
     if not outs:
         return np.zeros((0,) if data.n_outputs == 1 else (0, data.n_outputs), np.float32)
     return torch.cat(outs).numpy()
