@@ -60,8 +60,9 @@ def zeroed_steps_code(batch: dict, names: list[str]) -> torch.Tensor:
 
 
 class StepEcho(MaskEcho):
-    """Predicts which steps of its (sanitised) input are zeros (zeroed_steps_code), and keeps every batch it is
-    given outside training: what a model really sees under evaluate.protocol intra."""
+    """Predicts which steps of its (sanitised) input are zeros (zeroed_steps_code), and keeps every batch and
+    mask it is given, in order, with whether it was training: what a model really sees when steps are masked
+    (evaluate.protocol intra, train.lnln_mask intra)."""
     seen: list[dict] = []
 
     def __init__(self, model_cfg, inputs, n_outputs):
@@ -70,9 +71,9 @@ class StepEcho(MaskEcho):
 
     def forward(self, batch, mask):
         from trml.model import Output
-        if not self.training:
-            StepEcho.seen.append({k: (x.detach().clone(), n if n is None else n.detach().clone())
-                                  for k, (x, n) in batch.items()})
+        StepEcho.seen.append({"training": self.training, "mask": mask.detach().cpu().clone(),
+                              "batch": {k: (x.detach().clone(), n if n is None else n.detach().clone())
+                                        for k, (x, n) in batch.items()}})
         return Output(pred=zeroed_steps_code(batch, self.names) + 0.0 * self.weight)
 
 

@@ -1,7 +1,8 @@
-"""The field's protocols (issue 16): training regimes (train.regime: fixed, complete, lnln) and test protocols
-(evaluate.protocol: modality, subsets), each seeded, shared by every (variant, seed), and the defaults
-byte-identical to the runs made before the keys existed. Masks are observed through the models of
-tests/mask_echo.py: MaskRecorder keeps what a regime gave it in training, MaskEcho predicts its test mask."""
+"""The field's protocols (issue 16): training regimes (train.regime: fixed, complete, lnln; train.lnln_mask) and
+test protocols (evaluate.protocol: modality, subsets, intra), each seeded, shared by every (variant, seed), and the
+defaults byte-identical to the runs made before the keys existed; text as a token sequence in every model. Masks
+are observed through the models of tests/mask_echo.py: MaskRecorder keeps what a regime gave it in training,
+MaskEcho predicts its test mask, StepEcho predicts (and keeps) which steps of its input are zeros."""
 import json
 
 import pyarrow.parquet as pq
@@ -114,6 +115,40 @@ def test_lnln_trains_on_per_row_rates_redrawn_every_epoch_never_emptying_a_row(f
     # here the complete rows drop nothing while the rows drawn near 1 lose all but one.
     dropped = (naturals[0] & ~masks[0]).sum(1).float()
     assert float(dropped[rates[0] == 0].max()) == 0 and float(dropped[rates[0] > 0.8].mean()) >= 2
+
+
+def test_lnln_intra_masks_steps_at_each_rows_rate_and_keeps_every_modality(fixture_dir, tmp_path):
+    """train.lnln_mask intra: each epoch, each train row's U(0, 1) rate (complete_share of them 0) drops steps
+    of its sequence modalities, seeded as the modality regime; the model sees zeros there, and the modality mask
+    it is given is the natural one."""
+    from tests.mask_echo import StepEcho, zeroed_steps_code
+    from trml.missing import drop_steps_at_rate
+    from trml.train import fit, sequence_widths
+    data = load_dataset(DS, small_model(), fixture_dir)
+    cfg = small_train(variant="tests.mask_echo:StepEcho", epochs=2, patience=2, regime="lnln", lnln_mask="intra")
+    StepEcho.seen.clear()
+    fit(data, small_model(), cfg, tmp_path / "models")
+    train_idx, natural = data.indices("train"), data.present().cpu()
+    lengths = {m.name: m.lengths for m in data.modalities if m.kind == "seq"}
+    given = [s for s in StepEcho.seen if s["training"]]
+    for e in range(2):
+        g = torch.Generator().manual_seed(derive_seed(0, "shuffle", e))
+        perm = train_idx[torch.randperm(len(train_idx), generator=g)]
+        seed = derive_seed(0, "mask", e)
+        rates = lnln_rates(N_TRAIN, 0.5, derive_seed(seed, "lnln"))
+        steps = drop_steps_at_rate(N_TRAIN, sequence_widths(data), rates, seed)
+        batches = given[e * 4:(e + 1) * 4]                             # 60 rows in batches of 16
+        assert torch.equal(torch.cat([b["mask"] for b in batches]), natural[perm])
+        codes = torch.cat([zeroed_steps_code(b["batch"], data.names) for b in batches]).tolist()
+        assert codes == expected_code(natural[perm], {k: v[perm] for k, v in lengths.items()}, data.names, steps)
+        complete = (rates == 0) & natural[perm].all(1)
+        assert all(c == 0 for c, keep in zip(codes, complete.tolist()) if keep)     # the complete share
+        assert sum(c > 0 for c in codes) > N_TRAIN // 3                           # the others lose steps
+    assert TrainConfig(regime="lnln", lnln_mask="intra").model_dump()["lnln_mask"] == "intra"
+    assert "lnln_mask" not in TrainConfig(regime="lnln").model_dump()
+    with pytest.raises(ValueError, match=r"^1 validation error[\s\S]*train\.lnln_mask=intra is read by train\.regime "
+                                         r"lnln only \(regime is 'fixed'\); set train\.regime: lnln or remove lnln_mask"):
+        TrainConfig(lnln_mask="intra")
 
 
 def test_complete_share_without_lnln_fails_naming_the_key(tmp_path):
@@ -361,7 +396,7 @@ def test_a_model_sees_zeros_at_dropped_steps_and_nothing_they_held(fixture_dir, 
     mask = mask_for(data.present().cpu()[idx], data.names, "i0.5", 11, widths)
     StepEcho.seen.clear()
     predict(build_model("tests.mask_echo:StepEcho", small_model(), input_specs(data), 1), data, idx, mask, 64)
-    (seen,) = StepEcho.seen
+    (seen,) = [s["batch"] for s in StepEcho.seen]
     for m in data.modalities:
         x, lengths = seen[m.name]
         if m.kind == "emb":
@@ -408,3 +443,4 @@ def test_intra_at_rate_0_predicts_exactly_as_modality_at_rate_0(fixture_dir, tmp
         (i0,), (r0,), (i5,) = (predict_masks(model, data, idx, masks[c]) for c in ("i0.0", "r0.0", "i0.5"))
         assert i0.tobytes() == r0.tobytes(), variant
         assert not (i5 == i0).all(), variant
+

@@ -39,7 +39,7 @@ from trml.missing import (INTRA_MEAN, RATE_MEAN, SUBSET_MEAN, StepMask, conditio
                           mask_for, pattern_names, rate_key, subset_names)
 from trml.model import InputSpec
 from trml.registry import build_model
-from trml.train import memmap_path, predict
+from trml.train import memmap_path, predict, sequence_widths
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def condition_masks(data: TRMLData, split: str, conds: list[str],
     """{condition: one mask per draw} for the rows of `split`, seeded only by (evaluate.seed, split,
     condition, draw): the same for every variant and seed, which is what makes comparisons paired."""
     natural = data.present().cpu()[data.indices(split)]
-    widths = {m.name: m.x.shape[1] for m in data.modalities if m.kind == "seq"}     # what intra masks steps of
+    widths = sequence_widths(data)                    # what intra masks steps of
     out = {}
     for cond in conds:
         draws = eval_cfg.mask_draws if (condition_rate(cond) or 0.0) > 0 else 1
