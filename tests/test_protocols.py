@@ -444,3 +444,53 @@ def test_intra_at_rate_0_predicts_exactly_as_modality_at_rate_0(fixture_dir, tmp
         assert i0.tobytes() == r0.tobytes(), variant
         assert not (i5 == i0).all(), variant
 
+
+# ---------------------------------------------------------------- text as a token sequence
+
+def token_text_fixture(root):
+    """The fixture with its text table replaced by token states (a sequence of 3 to 9 steps per utterance, as
+    text_hf output: tokens gives), carrying the label as the vector text did; the same naturally missing rows."""
+    import numpy as np
+
+    from features.store import FeatureRow, TableInfo, rows_to_table, write_atomic
+    from tests.test_trml import ABSENT, DIMS, SETS
+    write_fixture(root)
+    ids = pq.read_table(root / "index" / f"{DS}.parquet").column("utterance_id").to_pylist()
+    labels = pq.read_table(root / "index" / f"{DS}.parquet").column("label").to_pylist()
+    rng = np.random.default_rng(1)
+    direction = rng.normal(size=DIMS["text"])
+    rows = [FeatureRow(uid, status=ABSENT["text"][i], detail="fixture") if i in ABSENT["text"] else
+            FeatureRow(uid, seq=labels[i] / 3 * direction + 0.5 * rng.normal(size=(3 + i % 7, DIMS["text"])),
+                       t=np.arange(3 + i % 7, dtype=float))
+            for i, uid in enumerate(ids)]
+    info = TableInfo(SETS["text"], "text", "seq", DIMS["text"], extractor="fixture-text-tokens",
+                     extractor_version="1", weights_id="text-tokens:v1",
+                     feature_names=[f"text{j}" for j in range(DIMS["text"])])
+    write_atomic(rows_to_table(rows, info), root / "features" / DS / f"{SETS['text']}.parquet")
+    return root
+
+
+@pytest.mark.parametrize("variant", ["trml", "zero_fill", "no_sml", "upper_bound", "lf_dnn", "tfn", "mult"])
+def test_every_model_trains_and_is_tested_on_token_level_text(tmp_path, variant):
+    """A text table of token states (kind seq) goes through every built-in model: it trains, its predictions
+    are finite, and under intra its text tokens are masked too (the predictions move when only text's are)."""
+    from trml.config import EvaluateConfig
+    from trml.evaluate import condition_masks, evaluate_split, load_model, predict_masks
+    from trml.missing import StepMask
+    from trml.train import fit
+    data = load_dataset(DS, small_model(), token_text_fixture(tmp_path / "data"))
+    assert [(m.name, m.kind) for m in data.modalities][0] == ("text", "seq")
+    cfg = small_train(epochs=1, variant=variant)
+    fit(data, small_model(), cfg, tmp_path / "models")
+    model, _ = load_model(tmp_path / "models" / DS / variant / "best.pt", small_model(), cfg, data)
+    ec = EvaluateConfig(protocol="intra", test_missing_rates=[0.0, 0.5], mask_draws=1)
+    idx = data.indices("test")
+    results = evaluate_split(model, data, "test", ["i0.0", "i0.5"], ec)
+    assert all(v is None or v == v for v in results["i0.5"].values()) and results["i0.5"]["mae"] is not None
+    (mask,) = condition_masks(data, "test", ["i0.5"], ec)["i0.5"]
+    assert "text" in mask.steps
+    text_only = StepMask(mask.modality, {n: (keep if n == "text" else torch.ones_like(keep))
+                                         for n, keep in mask.steps.items()})
+    full = StepMask(mask.modality, {n: torch.ones_like(keep) for n, keep in mask.steps.items()})
+    (masked,), (whole,) = predict_masks(model, data, idx, [text_only]), predict_masks(model, data, idx, [full])
+    assert torch.isfinite(torch.from_numpy(masked)).all() and not (masked == whole).all()
