@@ -50,6 +50,9 @@ def test_round_trip(tmp_path, mmsa_pkl):
                 data_dir=tmp_path / "a")
     exported = load_pickle(out)
     assert exported["train"]["vision"].ndim == 3 and "vision_lengths" in exported["train"]
+    # A token-sequence text table gives MMSA text as (N, L, d), the layout of its BERT-feature pickles.
+    text, lengths = exported["train"]["text"], exported["train"]["text_lengths"]
+    assert text.shape == (len(exported["train"]["id"]), max(lengths), 8) and max(lengths) > 1
     import_mmsa(out, "mosi", tmp_path / "b")
     for name in ["index/mosi.parquet", "features/mosi/mmsa_text.parquet", "features/mosi/mmsa_audio.parquet",
                  "features/mosi/mmsa_vision.parquet"]:

@@ -1,7 +1,8 @@
-"""The field's protocols (issue 16): training regimes (train.regime: fixed, complete, lnln) and test protocols
-(evaluate.protocol: modality, subsets), each seeded, shared by every (variant, seed), and the defaults
-byte-identical to the runs made before the keys existed. Masks are observed through the models of
-tests/mask_echo.py: MaskRecorder keeps what a regime gave it in training, MaskEcho predicts its test mask."""
+"""The field's protocols (issue 16): training regimes (train.regime: fixed, complete, lnln; train.lnln_mask) and
+test protocols (evaluate.protocol: modality, subsets, intra), each seeded, shared by every (variant, seed), and the
+defaults byte-identical to the runs made before the keys existed; text as a token sequence in every model. Masks
+are observed through the models of tests/mask_echo.py: MaskRecorder keeps what a regime gave it in training,
+MaskEcho predicts its test mask, StepEcho predicts (and keeps) which steps of its input are zeros."""
 import json
 
 import pyarrow.parquet as pq
@@ -116,6 +117,40 @@ def test_lnln_trains_on_per_row_rates_redrawn_every_epoch_never_emptying_a_row(f
     assert float(dropped[rates[0] == 0].max()) == 0 and float(dropped[rates[0] > 0.8].mean()) >= 2
 
 
+def test_lnln_intra_masks_steps_at_each_rows_rate_and_keeps_every_modality(fixture_dir, tmp_path):
+    """train.lnln_mask intra: each epoch, each train row's U(0, 1) rate (complete_share of them 0) drops steps
+    of its sequence modalities, seeded as the modality regime; the model sees zeros there, and the modality mask
+    it is given is the natural one."""
+    from tests.mask_echo import StepEcho, zeroed_steps_code
+    from trml.missing import drop_steps_at_rate
+    from trml.train import fit, sequence_widths
+    data = load_dataset(DS, small_model(), fixture_dir)
+    cfg = small_train(variant="tests.mask_echo:StepEcho", epochs=2, patience=2, regime="lnln", lnln_mask="intra")
+    StepEcho.seen.clear()
+    fit(data, small_model(), cfg, tmp_path / "models")
+    train_idx, natural = data.indices("train"), data.present().cpu()
+    lengths = {m.name: m.lengths for m in data.modalities if m.kind == "seq"}
+    given = [s for s in StepEcho.seen if s["training"]]
+    for e in range(2):
+        g = torch.Generator().manual_seed(derive_seed(0, "shuffle", e))
+        perm = train_idx[torch.randperm(len(train_idx), generator=g)]
+        seed = derive_seed(0, "mask", e)
+        rates = lnln_rates(N_TRAIN, 0.5, derive_seed(seed, "lnln"))
+        steps = drop_steps_at_rate(N_TRAIN, sequence_widths(data), rates, seed)
+        batches = given[e * 4:(e + 1) * 4]                             # 60 rows in batches of 16
+        assert torch.equal(torch.cat([b["mask"] for b in batches]), natural[perm])
+        codes = torch.cat([zeroed_steps_code(b["batch"], data.names) for b in batches]).tolist()
+        assert codes == expected_code(natural[perm], {k: v[perm] for k, v in lengths.items()}, data.names, steps)
+        complete = (rates == 0) & natural[perm].all(1)
+        assert all(c == 0 for c, keep in zip(codes, complete.tolist()) if keep)     # the complete share
+        assert sum(c > 0 for c in codes) > N_TRAIN // 3                           # the others lose steps
+    assert TrainConfig(regime="lnln", lnln_mask="intra").model_dump()["lnln_mask"] == "intra"
+    assert "lnln_mask" not in TrainConfig(regime="lnln").model_dump()
+    with pytest.raises(ValueError, match=r"^1 validation error[\s\S]*train\.lnln_mask=intra is read by train\.regime "
+                                         r"lnln only \(regime is 'fixed'\); set train\.regime: lnln or remove lnln_mask"):
+        TrainConfig(lnln_mask="intra")
+
+
 def test_complete_share_without_lnln_fails_naming_the_key(tmp_path):
     import yaml
 
@@ -139,7 +174,7 @@ def test_the_new_evaluate_key_stays_out_of_lineage_at_its_default():
     from trml.config import EvaluateConfig
     assert "protocol" not in EvaluateConfig().model_dump(mode="json")
     assert EvaluateConfig(protocol="subsets").model_dump(mode="json")["protocol"] == "subsets"
-    with pytest.raises(ValueError, match="'modality' or 'subsets'"):
+    with pytest.raises(ValueError, match="'modality', 'subsets' or 'intra'"):
         EvaluateConfig(protocol="subset")
 
 
@@ -237,3 +272,225 @@ def test_modality_protocol_reports_name_it(tmp_path):
     assert "Protocol: modality" in render_markdown(REPORT_FIXTURE) and "Protocol: modality" in render_latex(REPORT_FIXTURE)
     lnln = {**REPORT_FIXTURE, "regime": "lnln"}
     assert "Training regime: lnln (a rate per row from U(0, 1)" in render_markdown(lnln)
+
+
+# ---------------------------------------------------------------- protocol intra (masked steps)
+
+STEP_ECHO = ["tests.mask_echo:StepEcho", "tests.mask_echo:StepEchoAgain"]
+CODE_SCALE = 2.0 ** -16                         # tests/mask_echo.py zeroed_steps_code
+
+
+def expected_code(natural: torch.Tensor, lengths: dict[str, torch.Tensor], names: list[str],
+                  steps: dict[str, torch.Tensor]) -> list[float]:
+    """zeroed_steps_code computed from a StepMask and the data alone: the dropped steps inside each present
+    row's length, and the one zero step a naturally absent sequence is sanitised to."""
+    code = torch.zeros(len(natural), dtype=torch.float64)
+    for m, name in enumerate(names):
+        if name not in steps:
+            continue
+        keep = steps[name]
+        t = torch.arange(keep.shape[1])
+        present = natural[:, m].unsqueeze(1)
+        zero = (present & (t < lengths[name].unsqueeze(1)) & ~keep) | (~present & (t == 0))
+        code += (zero.double() * (t + 1)).sum(1) * 100.0 ** m
+    return (code * CODE_SCALE).tolist()
+
+
+def test_the_intra_protocol_names_its_conditions_by_rate():
+    from trml.config import EvaluateConfig
+    from trml.evaluate import averaged, conditions
+    from trml.missing import condition_rate, intra_key
+    ec = EvaluateConfig(protocol="intra", test_missing_rates=[0.0, 0.3, 0.9])
+    assert ec.model_dump(mode="json")["protocol"] == "intra"
+    names = ["text", "vision", "audio"]
+    assert conditions(names, ec) == ["i0.0", "i0.3", "i0.9"]              # no whole-modality patterns
+    assert averaged(names, ec) == ("intra_mean", ["i0.0", "i0.3", "i0.9"])
+    assert intra_key(0.3) == "i0.3" and condition_rate("i0.3") == 0.3 and condition_rate("r0.7") == 0.7
+    assert condition_rate("miss_text") is None and condition_rate("intra_mean") is None
+
+
+def test_intra_drops_steps_at_about_the_rate_and_never_an_embedding_or_a_modality(fixture_dir):
+    from trml.config import EvaluateConfig
+    from trml.evaluate import condition_masks
+    from trml.missing import StepMask, drop_steps_at_rate
+    big = drop_steps_at_rate(20_000, {"vision": 10, "audio": 3}, 0.3, seed=5)
+    assert abs(1 - float(big["vision"].float().mean()) - 0.3) < 0.005
+    assert abs(1 - float(big["audio"].float().mean()) - 0.3) < 0.005
+    assert bool(drop_steps_at_rate(50, {"vision": 10}, 0.0, 1)["vision"].all())
+    per_row = drop_steps_at_rate(4, {"vision": 5000}, torch.tensor([0.0, 0.2, 0.6, 0.9]), 2)["vision"]
+    assert [round(1 - float(r.float().mean()), 1) for r in per_row] == [0.0, 0.2, 0.6, 0.9]
+    data = load_dataset(DS, small_model(), fixture_dir)
+    idx = data.indices("test")
+    natural = data.present().cpu()[idx]
+    ec = EvaluateConfig(protocol="intra", test_missing_rates=[0.0, 0.3, 0.7], mask_draws=20)
+    masks = condition_masks(data, "test", ["i0.0", "i0.3", "i0.7"], ec)
+    assert len(masks["i0.0"]) == 1 and len(masks["i0.3"]) == 20
+    seq = [m for m in data.modalities if m.kind == "seq"]
+    for cond, rate in (("i0.0", 0.0), ("i0.3", 0.3), ("i0.7", 0.7)):
+        dropped = kept = 0
+        for mask in masks[cond]:
+            assert isinstance(mask, StepMask) and torch.equal(mask.modality, natural)   # whole modalities stay
+            assert sorted(mask.steps) == sorted(m.name for m in seq)                      # text is a vector
+            for m in seq:
+                valid = (torch.arange(m.x.shape[1]) < m.lengths[idx].cpu().unsqueeze(1)) & m.present[idx].cpu().unsqueeze(1)
+                dropped += int((valid & ~mask.steps[m.name]).sum())
+                kept += int((valid & mask.steps[m.name]).sum())
+        assert abs(dropped / (dropped + kept) - rate) < 0.04, (cond, dropped, kept)
+
+
+def test_intra_masks_are_seeded_shared_by_every_variant_and_seed_and_reported(fixture_dir, tmp_path):
+    """Every (variant, seed) sees the same zeroed steps, drawn from (evaluate.seed, split, condition, draw)
+    alone; compare.json, results.md, the LaTeX table and the headline name and summarise the protocol."""
+    from tests.recompute_compare import mismatches
+    from trml.compare import compare
+    from trml.config import CompareConfig, EvaluateConfig
+    from trml.missing import mask_for
+    from trml.report import render_latex
+    ec = EvaluateConfig(protocol="intra", test_missing_rates=[0.0, 0.5, 0.9], mask_draws=2, seed=4)
+    res = compare(DS, small_model(), small_train(epochs=1), ec,
+                  CompareConfig(variants=["trml", *STEP_ECHO, "zero_fill"], seeds=[0, 1]), fixture_dir,
+                  tmp_path / "models", tmp_path / "reports", tmp_path / "metrics", tmp_path / "plots")
+    data = load_dataset(DS, small_model(), fixture_dir)
+    idx = data.indices("test")
+    natural = data.present().cpu()[idx]
+    lengths = {m.name: m.lengths[idx].cpu() for m in data.modalities if m.kind == "seq"}
+    widths = {m.name: m.x.shape[1] for m in data.modalities if m.kind == "seq"}
+    assert res["protocol"] == "intra" and res["conditions"] == ["i0.0", "i0.5", "i0.9", "intra_mean"]
+    assert res["mean_of"] == {"intra_mean": ["i0.0", "i0.5", "i0.9"]} and res["rates"] == ["i0.0", "i0.5", "i0.9"]
+    given: dict[tuple, dict[tuple, list]] = {}
+    for r in pq.read_table(tmp_path / "reports" / DS / "predictions.parquet").to_pylist():
+        if r["variant"] in STEP_ECHO:
+            given.setdefault((r["condition"], r["draw"]), {}).setdefault((r["variant"], r["seed"]), []).append(r["pred"])
+    assert sorted(given) == [("i0.0", 0), ("i0.5", 0), ("i0.5", 1), ("i0.9", 0), ("i0.9", 1)]
+    for (cond, draw), by_run in given.items():
+        assert len(by_run) == 4
+        mask = mask_for(natural, data.names, cond, derive_seed(4, "test", cond, draw), widths)
+        expected = expected_code(natural, lengths, data.names, mask.steps)
+        assert all(codes == expected for codes in by_run.values()), (cond, draw)
+    assert given[("i0.5", 0)][(STEP_ECHO[0], 0)] != given[("i0.5", 1)][(STEP_ECHO[0], 0)]    # draws differ
+    d = res["differences"]["zero_fill"]["intra_mean"]["mae"]
+    assert d["ci95"] and d["ci95_adj"][0] <= d["ci95"][0]
+    assert mismatches(tmp_path / "reports" / DS) == []
+    headline = json.loads((tmp_path / "metrics" / f"{DS}.json").read_text())
+    assert list(headline) == ["mae_i0.0", "mae_i0.9", "mae_iavg", "acc2_i0.0", "acc2_i0.9", "acc2_iavg",
+                              "vs_zf_mae", "vs_zf_lo", "vs_zf_hi", "rank"]
+    assert max(len(k) for k in headline) <= 9 and len(headline) <= 12
+    assert headline["mae_iavg"] == res["variants"]["trml"]["intra_mean"]["mae"]["mean"] and headline["vs_zf_mae"] == d["mean"]
+    md = (tmp_path / "reports" / DS / "results.md").read_text()
+    assert "Protocol: intra" in md and "| mean(i) |" in md and "Every metric at mean(i)" in md
+    assert "Protocol: intra" in render_latex(res)
+    table = (tmp_path / "plots" / DS / "compare" / "mae.csv").read_text().splitlines()
+    assert [row.split(",")[1] for row in table[1:4]] == ["0.0", "0.5", "0.9"]
+
+
+def test_a_model_sees_zeros_at_dropped_steps_and_nothing_they_held(fixture_dir, tmp_path):
+    """The masked-input contract under intra: every model is given zeros at the dropped steps (the rest as it
+    is, lengths kept), and TRML's output does not move whatever a dropped step held (NaN included)."""
+    from tests.mask_echo import StepEcho
+    from trml.missing import mask_for
+    from trml.registry import build_model
+    from trml.train import fit, input_specs, predict
+    data = load_dataset(DS, small_model(), fixture_dir)
+    idx = data.indices("test")
+    widths = {m.name: m.x.shape[1] for m in data.modalities if m.kind == "seq"}
+    mask = mask_for(data.present().cpu()[idx], data.names, "i0.5", 11, widths)
+    StepEcho.seen.clear()
+    predict(build_model("tests.mask_echo:StepEcho", small_model(), input_specs(data), 1), data, idx, mask, 64)
+    (seen,) = [s["batch"] for s in StepEcho.seen]
+    for m in data.modalities:
+        x, lengths = seen[m.name]
+        if m.kind == "emb":
+            assert torch.equal(x, torch.where(m.present[idx].unsqueeze(1), m.x[idx], 0.0))
+            continue
+        present = m.present[idx]
+        assert torch.equal(lengths, torch.where(present, m.lengths[idx], 1))
+        keep = mask.steps[m.name][:, :x.shape[1]] & present.unsqueeze(1)
+        assert bool((x[~keep] == 0).all()) and torch.equal(x[keep], m.x[idx, :x.shape[1]][keep])
+        assert int((~mask.steps[m.name][:, :x.shape[1]] & present.unsqueeze(1)
+                    & (torch.arange(x.shape[1]) < lengths.unsqueeze(1))).sum()) > 0       # something was dropped
+    fit(data, small_model(), small_train(epochs=1), tmp_path / "models")
+    from trml.evaluate import load_model
+    model, _ = load_model(tmp_path / "models" / DS / "trml" / "best.pt", small_model(), small_train(epochs=1), data)
+    before = predict(model, data, idx, mask, 64)
+    for m in data.modalities:
+        if m.kind == "seq":
+            rows = m.x[idx]
+            rows[~mask.steps[m.name]] = float("nan")
+            m.x[idx] = rows
+    after = predict(model, data, idx, mask, 64)
+    assert torch.equal(torch.from_numpy(before), torch.from_numpy(after))
+
+
+def test_intra_at_rate_0_predicts_exactly_as_modality_at_rate_0(fixture_dir, tmp_path):
+    """i0.0 and r0.0 give every model the same predictions, naturally missing modalities included (some test rows
+    are made absent here: the fixture's test split has none); a positive step rate does change them."""
+    from trml.config import EvaluateConfig
+    from trml.evaluate import condition_masks, load_model, predict_masks
+    from trml.train import fit
+    data = load_dataset(DS, small_model(), fixture_dir)
+    idx = data.indices("test")
+    for k, m in enumerate(data.modalities):                # a different absent row per modality, two for text
+        gone = idx[[k, 5]] if m.name == "text" else idx[[k]]
+        m.present[gone] = False
+        if m.lengths is not None:
+            m.lengths[gone] = 0
+    ec = EvaluateConfig(protocol="intra", test_missing_rates=[0.0, 0.5], mask_draws=1)
+    masks = condition_masks(data, "test", ["i0.0", "r0.0", "i0.5"], ec)
+    for variant in ("trml", "zero_fill", "lf_dnn"):
+        cfg = small_train(epochs=1, variant=variant)
+        fit(data, small_model(), cfg, tmp_path / "models")
+        model, _ = load_model(tmp_path / "models" / DS / variant / "best.pt", small_model(), cfg, data)
+        (i0,), (r0,), (i5,) = (predict_masks(model, data, idx, masks[c]) for c in ("i0.0", "r0.0", "i0.5"))
+        assert i0.tobytes() == r0.tobytes(), variant
+        assert not (i5 == i0).all(), variant
+
+
+# ---------------------------------------------------------------- text as a token sequence
+
+def token_text_fixture(root):
+    """The fixture with its text table replaced by token states (a sequence of 3 to 9 steps per utterance, as
+    text_hf output: tokens gives), carrying the label as the vector text did; the same naturally missing rows."""
+    import numpy as np
+
+    from features.store import FeatureRow, TableInfo, rows_to_table, write_atomic
+    from tests.test_trml import ABSENT, DIMS, SETS
+    write_fixture(root)
+    ids = pq.read_table(root / "index" / f"{DS}.parquet").column("utterance_id").to_pylist()
+    labels = pq.read_table(root / "index" / f"{DS}.parquet").column("label").to_pylist()
+    rng = np.random.default_rng(1)
+    direction = rng.normal(size=DIMS["text"])
+    rows = [FeatureRow(uid, status=ABSENT["text"][i], detail="fixture") if i in ABSENT["text"] else
+            FeatureRow(uid, seq=labels[i] / 3 * direction + 0.5 * rng.normal(size=(3 + i % 7, DIMS["text"])),
+                       t=np.arange(3 + i % 7, dtype=float))
+            for i, uid in enumerate(ids)]
+    info = TableInfo(SETS["text"], "text", "seq", DIMS["text"], extractor="fixture-text-tokens",
+                     extractor_version="1", weights_id="text-tokens:v1",
+                     feature_names=[f"text{j}" for j in range(DIMS["text"])])
+    write_atomic(rows_to_table(rows, info), root / "features" / DS / f"{SETS['text']}.parquet")
+    return root
+
+
+@pytest.mark.parametrize("variant", ["trml", "zero_fill", "no_sml", "upper_bound", "lf_dnn", "tfn", "mult"])
+def test_every_model_trains_and_is_tested_on_token_level_text(tmp_path, variant):
+    """A text table of token states (kind seq) goes through every built-in model: it trains, its predictions
+    are finite, and under intra its text tokens are masked too (the predictions move when only text's are)."""
+    from trml.config import EvaluateConfig
+    from trml.evaluate import condition_masks, evaluate_split, load_model, predict_masks
+    from trml.missing import StepMask
+    from trml.train import fit
+    data = load_dataset(DS, small_model(), token_text_fixture(tmp_path / "data"))
+    assert [(m.name, m.kind) for m in data.modalities][0] == ("text", "seq")
+    cfg = small_train(epochs=1, variant=variant)
+    fit(data, small_model(), cfg, tmp_path / "models")
+    model, _ = load_model(tmp_path / "models" / DS / variant / "best.pt", small_model(), cfg, data)
+    ec = EvaluateConfig(protocol="intra", test_missing_rates=[0.0, 0.5], mask_draws=1)
+    idx = data.indices("test")
+    results = evaluate_split(model, data, "test", ["i0.0", "i0.5"], ec)
+    assert all(v is None or v == v for v in results["i0.5"].values()) and results["i0.5"]["mae"] is not None
+    (mask,) = condition_masks(data, "test", ["i0.5"], ec)["i0.5"]
+    assert "text" in mask.steps
+    text_only = StepMask(mask.modality, {n: (keep if n == "text" else torch.ones_like(keep))
+                                         for n, keep in mask.steps.items()})
+    full = StepMask(mask.modality, {n: torch.ones_like(keep) for n, keep in mask.steps.items()})
+    (masked,), (whole,) = predict_masks(model, data, idx, [text_only]), predict_masks(model, data, idx, [full])
+    assert torch.isfinite(torch.from_numpy(masked)).all() and not (masked == whole).all()

@@ -19,8 +19,8 @@ at train.seed is one of compare's runs, not a second training. Others are traine
 <models_dir>/<dataset>/<variant>/seed<k>/ (and resumed there after an interruption, see train.resume).
 
 Conditions: evaluate.protocol's (trml/evaluate.py conditions): modality, the test rates, their mean rate_mean
-and the patterns; subsets, every availability subset and their mean subset_mean. compare.json names the
-protocol and train.regime.
+and the patterns; subsets, every availability subset and their mean subset_mean; intra, the step-masking rates
+i<p> and their mean intra_mean. compare.json names the protocol and train.regime.
 
 Testing: every variant and seed sees the very same test masks (evaluate.condition_masks), so the
 differences are paired. upper_bound is trained at missing rate 0 and tested once, at rate 0 (the data's
@@ -47,7 +47,7 @@ from trml.data import DataError, TRMLData, load_dataset
 from trml.evaluate import (averaged, condition_masks, conditions, is_rate, lineage, load_model, plot_vs_rate,
                            predict_masks, x_label)
 from trml.metrics import DECIMALS, HEADLINE, LOWER_IS_BETTER, metric_keys
-from trml.missing import RATE_MEAN, SUBSET_MEAN, derive_seed, rate_key
+from trml.missing import INTRA_MEAN, RATE_MEAN, SUBSET_MEAN, derive_seed, rate_key
 from trml.registry import TRML_VARIANTS, model_class
 from trml.report import render_markdown
 from trml.stats import CI_LEVEL, CORRECTION, METHOD, PairedBootstrap, seed_values, simultaneous, summarize
@@ -62,7 +62,8 @@ REFERENCE = "upper_bound"
 # trml's rank among all of them on that average (`rank`, 1 = best; every pairwise interval is in results.md).
 # Flat, with short names, so that `dvc exp show --only-changed` fits them all in a 160-column terminal
 # (a "trml." prefix on each would push them off): metric key -> its short name. Under evaluate.protocol subsets
-# the two points are all enabled modalities available (<short>_full) and the mean over the subsets (<short>_subs).
+# the two points are all enabled modalities available (<short>_full) and the mean over the subsets (<short>_subs);
+# under intra, trml at the first and last step-masking rates (<short>_i0.0, ...) and their mean (<short>_iavg).
 HEADLINE_METRICS = {"regression": {"mae": "mae", "acc2_non0": "acc2"}, "classification": {"wf1": "wf1", "acc": "acc"}}
 
 
@@ -115,7 +116,7 @@ def compare(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_c
                  title=f"{dataset}: variants (test, mean +- sd over {len(compare_cfg.seeds)} seeds)",
                  reference=reference)
     write_variant_tables(results, rates, keys, dataset_dir(plots_dir, dataset) / "compare",
-                         ref_at=rate_key(0.0) if mean == RATE_MEAN else rates[-1])
+                         ref_at=rates[-1] if mean == SUBSET_MEAN else rate_key(0.0))
     return results
 
 
@@ -192,6 +193,9 @@ def headline(results: dict, rates: list[str]) -> dict:
     for key, short in HEADLINE_METRICS[task].items():
         if mean == SUBSET_MEAN:                  # rates are the subsets; the last one has every modality
             points = ((rates[-1], f"{short}_full"), (SUBSET_MEAN, f"{short}_subs"))
+        elif mean == INTRA_MEAN:                 # its own names, so a column of dvc exp show is one protocol's
+            points = ((rates[0], f"{short}_{rates[0]}"), (rates[-1], f"{short}_{rates[-1]}"),
+                      (INTRA_MEAN, f"{short}_iavg"))
         else:
             points = ((rates[0], f"{short}_{rates[0]}"), (rates[-1], f"{short}_{rates[-1]}"),
                       (RATE_MEAN, f"{short}_mean"))

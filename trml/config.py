@@ -83,6 +83,11 @@ class TrainConfig(Strict):
                     "redrawn every epoch, complete_share of the rows complete)")
     complete_share: float = Field(0.5, ge=0.0, le=1.0, exclude_if=omitted_at(0.5),
                                   description="regime lnln: share of the train rows kept complete each epoch")
+    lnln_mask: Literal["modality", "intra"] = Field(
+        "modality", exclude_if=omitted_at("modality"),
+        description="regime lnln: what each row's rate drops: modality (whole modalities, never all of a row) | "
+                    "intra (each step of every present sequence modality, as LNLN masks tokens and frames; "
+                    "embeddings and whole modalities untouched)")
     regression_loss: Literal["l1", "mse"] = Field("l1", description="task loss for regression")
     epochs: int = Field(30, ge=1, le=10_000, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(32, ge=1, le=65_536, description="utterances per optimiser step")
@@ -100,25 +105,28 @@ class TrainConfig(Strict):
         None, description="folder for disk-backed (memory-mapped) feature tensors, for tables larger than "
                           "RAM; null keeps them in memory. Results are the same either way")
 
-    @field_validator("complete_share")
+    @field_validator("complete_share", "lnln_mask")
     @classmethod
-    def _share_needs_lnln(cls, v: float, info: ValidationInfo) -> float:
+    def _needs_lnln(cls, v, info: ValidationInfo):
         regime = info.data.get("regime", "lnln")          # absent: regime itself failed, and says so
-        if v != 0.5 and regime != "lnln":
-            raise ValueError(f"train.complete_share={v} is read by train.regime lnln only (regime is "
-                             f"{regime!r}); set train.regime: lnln or remove complete_share")
+        if v != cls.model_fields[info.field_name].default and regime != "lnln":
+            raise ValueError(f"train.{info.field_name}={v} is read by train.regime lnln only (regime is "
+                             f"{regime!r}); set train.regime: lnln or remove {info.field_name}")
         return v
 
 
 class EvaluateConfig(Strict):
-    protocol: Literal["modality", "subsets"] = Field(
+    protocol: Literal["modality", "subsets", "intra"] = Field(
         "modality", exclude_if=omitted_at("modality"),
         description="test conditions: modality (whole modalities missing at each test rate, plus the "
                     "single-modality patterns) | subsets (every non-empty subset of the enabled modalities "
-                    "available on every row, MMIN / MoMKE: avail_t, avail_tv, ...)")
+                    "available on every row, MMIN / MoMKE: avail_t, avail_tv, ...) | intra (each step of every "
+                    "present sequence modality zeroed with probability r at each test rate, TFR-Net / LNLN: "
+                    "i0.0, i0.3, ...)")
     test_missing_rates: list[float] = Field(
         default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.7],
-        description="modality-missing rates simulated at test time (one decimal: keys r0.0, r0.3, ...)")
+        description="missing rates simulated at test time (one decimal: keys r0.0, r0.3, ...; protocol intra: "
+                    "step-masking rates, keys i0.0, i0.3, ...)")
     patterns: bool = Field(True, description="also report each single-modality-missing pattern")
     mask_draws: int = Field(
         10, ge=1, le=1000,

@@ -9,7 +9,8 @@ The headline numbers that `dvc exp show` displays (metrics/<dataset>.json) come 
 which runs every variant over several seeds; this is one model's full picture.
 
 evaluate.protocol picks the conditions (conditions, averaged): modality, the test rates r<p> and the patterns
-miss_<m>; subsets, every availability subset avail_<initials> (trml/missing.py subset_names).
+miss_<m>; subsets, every availability subset avail_<initials> (trml/missing.py subset_names); intra, the test
+rates as i<p>, each step of every present sequence modality dropped with probability p (trml/missing.py).
 
 Every condition's mask is seeded from (evaluate.seed, split, condition, draw) only (condition_masks), so
 every variant and every seed is tested on exactly the same missing entries. With evaluate.mask_draws > 1
@@ -34,10 +35,11 @@ from trml.checkpoint import load_checkpoint
 from trml.config import EvaluateConfig, ModelConfig, TrainConfig
 from trml.data import TRMLData, load_dataset
 from trml.metrics import HEADLINE, compute_metrics, mean_metrics, metric_keys
-from trml.missing import RATE_MEAN, SUBSET_MEAN, derive_seed, mask_for, pattern_names, rate_key, subset_names
+from trml.missing import (INTRA_MEAN, RATE_MEAN, SUBSET_MEAN, StepMask, condition_rate, derive_seed, intra_key,
+                          mask_for, pattern_names, rate_key, subset_names)
 from trml.model import InputSpec
 from trml.registry import build_model
-from trml.train import memmap_path, predict
+from trml.train import memmap_path, predict, sequence_widths
 
 log = logging.getLogger(__name__)
 
@@ -71,22 +73,29 @@ def evaluate(dataset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_
 
 def conditions(names: list[str], eval_cfg: EvaluateConfig) -> list[str]:
     """The conditions of evaluate.protocol, in a fixed order: modality ["r0.0", "r0.1", ..., "miss_text",
-    "miss_vision", ...]; subsets ["avail_t", "avail_v", ..., "avail_tv", ..., "avail_tvaf"]."""
+    "miss_vision", ...]; subsets ["avail_t", "avail_v", ..., "avail_tv", ..., "avail_tvaf"]; intra ["i0.0",
+    "i0.1", ...] (no patterns: whole modalities are never dropped under intra)."""
     if eval_cfg.protocol == "subsets":
         return subset_names(names)
+    if eval_cfg.protocol == "intra":
+        return [intra_key(r) for r in eval_cfg.test_missing_rates]
     return [rate_key(r) for r in eval_cfg.test_missing_rates] + (pattern_names(names) if eval_cfg.patterns else [])
 
 
 def averaged(names: list[str], eval_cfg: EvaluateConfig) -> tuple[str, list[str]]:
     """The protocol's summary pseudo-condition and the conditions it averages: rate_mean over the test rates
-    (modality), subset_mean over every subset (subsets). Each gets its own paired interval in compare."""
+    (modality), subset_mean over every subset (subsets), intra_mean over the intra rates (intra). Each gets its
+    own paired interval in compare."""
     if eval_cfg.protocol == "subsets":
         return SUBSET_MEAN, subset_names(names)
+    if eval_cfg.protocol == "intra":
+        return INTRA_MEAN, [intra_key(r) for r in eval_cfg.test_missing_rates]
     return RATE_MEAN, [rate_key(r) for r in eval_cfg.test_missing_rates]
 
 
 def is_rate(cond: str) -> bool:
-    return cond.startswith("r") and cond[1:2].isdigit()
+    """A random-rate condition (r<p> or i<p>): one with a number for the x axis."""
+    return condition_rate(cond) is not None
 
 
 def x_label(cond: str) -> str:
@@ -108,19 +117,22 @@ def evaluate_split(model: torch.nn.Module, data: TRMLData, split: str, conds: li
             for cond in conds}
 
 
-def condition_masks(data: TRMLData, split: str, conds: list[str], eval_cfg: EvaluateConfig) -> dict[str, list[torch.Tensor]]:
+def condition_masks(data: TRMLData, split: str, conds: list[str],
+                    eval_cfg: EvaluateConfig) -> dict[str, list[torch.Tensor | StepMask]]:
     """{condition: one mask per draw} for the rows of `split`, seeded only by (evaluate.seed, split,
     condition, draw): the same for every variant and seed, which is what makes comparisons paired."""
     natural = data.present().cpu()[data.indices(split)]
+    widths = sequence_widths(data)                    # what intra masks steps of
     out = {}
     for cond in conds:
-        draws = eval_cfg.mask_draws if cond.startswith("r") and float(cond[1:]) > 0 else 1
-        out[cond] = [mask_for(natural, data.names, cond, derive_seed(eval_cfg.seed, split, cond, d))
+        draws = eval_cfg.mask_draws if (condition_rate(cond) or 0.0) > 0 else 1
+        out[cond] = [mask_for(natural, data.names, cond, derive_seed(eval_cfg.seed, split, cond, d), widths)
                      for d in range(draws)]
     return out
 
 
-def predict_masks(model: torch.nn.Module, data: TRMLData, idx: torch.Tensor, masks: list[torch.Tensor]) -> list[np.ndarray]:
+def predict_masks(model: torch.nn.Module, data: TRMLData, idx: torch.Tensor,
+                  masks: list[torch.Tensor | StepMask]) -> list[np.ndarray]:
     """The model's outputs for rows idx under each mask."""
     return [predict(model, data, idx, mask, EVAL_BATCH) for mask in masks]
 

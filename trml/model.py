@@ -11,7 +11,8 @@
     SML, L = L_task + alpha * L_sml                trml/losses.py (InfoNCE between virtual and real h_k)
 
 The missing-modality contract: an input entry whose mask is False is replaced by zeros with
-torch.where BEFORE any layer sees it (multiplying by 0 would still let NaN/inf through), and a
+torch.where BEFORE any layer sees it (multiplying by 0 would still let NaN/inf through; a dropped step of a
+sequence, evaluate.protocol intra, the same way: drop_steps), and a
 missing modality's representation is then replaced by its virtual one, which is computed only from
 the other, present modalities. A masked input therefore cannot change the output, whatever it holds.
 
@@ -183,6 +184,22 @@ def sanitize(inputs: list[InputSpec], batch: dict[str, tuple[torch.Tensor, torch
         valid = present.unsqueeze(1) & (steps.unsqueeze(0) < lengths.unsqueeze(1))
         out[spec.name] = (torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x)),
                           torch.where(present, lengths.clamp(1, x.shape[1]), torch.ones_like(lengths)))
+    return out
+
+
+def drop_steps(inputs: list[InputSpec], batch: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+               steps: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """The batch with the dropped steps of each sequence modality zeroed (steps: {modality: (B, T) bool, True =
+    kept}, trml/missing.py StepMask), by torch.where as sanitize. Lengths stay: a dropped step is a zero frame
+    or token state inside the sequence (TFR-Net and LNLN zero frames; they replace a token by [UNK], which a
+    table of precomputed token states cannot, so a token state is zeroed too). An embedding has no steps."""
+    out = dict(batch)
+    for spec in inputs:
+        if spec.kind != "seq" or spec.name not in steps:
+            continue
+        x, lengths = batch[spec.name]
+        keep = steps[spec.name][:, :x.shape[1]].to(x.device)       # the batch is trimmed to its longest row
+        out[spec.name] = (torch.where(keep.unsqueeze(-1), x, torch.zeros_like(x)), lengths)
     return out
 
 

@@ -12,7 +12,8 @@ What a model is, for the harness (training loop, resume, seeds, masks, intervals
 
 The harness keeps the masked-input contract for every model, not the model's author: before any forward
 it replaces a masked modality's input by zeros and its length by 1, and zeros the padding beyond each
-length (`trml.model.sanitize`), so what a masked entry held cannot reach the model.
+length (`trml.model.sanitize`), so what a masked entry held cannot reach the model; a dropped step of a
+sequence (evaluate.protocol intra) is zeroed the same way (`trml.model.drop_steps`), its length kept.
 
 Names (train.variant, compare.variants):
     trml, no_sml, zero_fill, upper_bound   TRML and its ablations (trml/model.py)
@@ -36,7 +37,7 @@ import torch.nn as nn
 
 from common.errors import ParamsError
 from trml.config import ModelConfig
-from trml.model import TRML, InputSpec, sanitize
+from trml.model import TRML, InputSpec, drop_steps, sanitize
 
 TRML_VARIANTS = ("trml", "no_sml", "zero_fill", "upper_bound")
 BASELINES = {"lf_dnn": "trml.baselines:LFDNN", "tfn": "trml.baselines:TFN", "mult": "trml.baselines:MulT"}
@@ -91,9 +92,14 @@ def uses_sml(name: str) -> bool:
     return name in ("trml", "upper_bound")
 
 
-def forward(model: nn.Module, inputs: list[InputSpec], batch: dict, mask: torch.Tensor):
+def forward(model: nn.Module, inputs: list[InputSpec], batch: dict, mask: torch.Tensor,
+            steps: dict[str, torch.Tensor] | None = None):
     """The one way the harness calls a model: on the sanitised batch. TRML sanitises its own input (so that a
-    bare call keeps the contract too); sanitising it here as well would do that work twice per batch."""
+    bare call keeps the contract too); sanitising it here as well would do that work twice per batch.
+    steps (evaluate.protocol intra): {modality: (B, T) bool}; the dropped steps are zeros before any model sees
+    them, so a model needs no code of its own for it (its interface stays (batch, mask))."""
+    if steps is not None:
+        batch = drop_steps(inputs, batch, steps)
     if isinstance(model, TRML):
         return model(batch, mask.bool())
     return model(sanitize(inputs, batch, mask), mask.bool())

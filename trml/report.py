@@ -16,7 +16,7 @@ from common.errors import UserError
 from common.files import write_text_atomic
 from common.layout import dataset_dir
 from trml.metrics import LOWER_IS_BETTER
-from trml.missing import RATE_MEAN, SUBSET_MEAN
+from trml.missing import INTRA_MEAN, RATE_MEAN, SUBSET_MEAN
 from trml.stats import critical
 
 DIGITS = 3
@@ -82,7 +82,8 @@ def guarantee(results: dict) -> str:
 
 
 PROTOCOLS = {"modality": "whole modalities missing at random at each test rate, and each one missing on every row",
-             "subsets": "only the modalities of each subset available on every row (MMIN, MoMKE)"}
+             "subsets": "only the modalities of each subset available on every row (MMIN, MoMKE)",
+             "intra": "each step of every present sequence modality zeroed at each test rate (TFR-Net, LNLN)"}
 REGIMES = {"fixed": "every modality dropped at train.missing_rate", "complete": "complete data",
            "lnln": "a rate per row from U(0, 1), redrawn every epoch, a share kept complete (LNLN)"}
 
@@ -220,6 +221,8 @@ def _header(cond: str) -> str:
         return "mean(r)"
     if cond == SUBSET_MEAN:
         return "mean(subsets)"
+    if cond == INTRA_MEAN:
+        return "mean(i)"
     return cond
 
 
@@ -253,6 +256,9 @@ def _mean_note(results: dict) -> str:
     if results.get("protocol") == "subsets":
         return ("avail_<initials>: only those modalities available on every utterance (t text, v vision, "
                 "a audio, f face; on top of natural missingness); mean(subsets): the metric averaged over them.")
+    if results.get("protocol") == "intra":
+        return ("i<p>: each frame or token of every present sequence modality zeroed with probability p (an "
+                "embedding, one vector per utterance, is left as it is); mean(i): the metric averaged over the rates.")
     return ("mean(r): the metric averaged over the test missing rates; r<p>: each modality missing with "
             "probability p; miss_<m>: modality m missing from every utterance.")
 

@@ -35,7 +35,7 @@ from trml.config import ModelConfig, TrainConfig
 from trml.data import TRMLData, load_dataset
 from trml.losses import sml_loss, task_loss
 from trml.metrics import LOWER_IS_BETTER, compute_metrics, metric_keys
-from trml.missing import derive_seed, drop_at_rate, lnln_rates
+from trml.missing import StepMask, derive_seed, drop_at_rate, drop_steps_at_rate, lnln_rates
 from trml.model import InputSpec
 from trml.registry import build_model, forward
 from trml.registry import uses_sml as model_uses_sml
@@ -100,9 +100,10 @@ class Run:
     missing_rate: float | None           # simulated in training and validation (None: per row, regime lnln)
     sml: bool
     natural: torch.Tensor                # (N, K) bool on the CPU: which modalities the data has
+    widths: dict[str, int]               # {sequence modality: T}: what train.lnln_mask intra masks steps of
     train_idx: torch.Tensor
     valid_idx: torch.Tensor
-    valid_mask: torch.Tensor             # one fixed draw, so valid scores are comparable across epochs
+    valid_mask: torch.Tensor | StepMask  # one fixed draw, so valid scores are comparable across epochs
     state: dict                          # epoch, early stopping and the log: what last.pt resumes
     timing: dict                         # this process only (not written)
 
@@ -123,10 +124,11 @@ def start_run(data: TRMLData, model_cfg: ModelConfig, cfg: TrainConfig, device: 
     data.to(device)
     rate = train_missing_rate(cfg)
     natural = data.present().cpu()
+    widths = sequence_widths(data)
     valid_idx = data.indices("valid")
-    valid_mask = simulated_mask(natural[valid_idx], cfg, derive_seed(cfg.seed, "valid"))
+    valid_mask = simulated_mask(natural[valid_idx], cfg, derive_seed(cfg.seed, "valid"), widths)
     return Run(model=model, opt=opt, scaler=scaler, amp_dtype=dtype, device=device, specs=specs,
-               signature=signature, missing_rate=rate, sml=uses_sml(cfg), natural=natural,
+               signature=signature, missing_rate=rate, sml=uses_sml(cfg), natural=natural, widths=widths,
                train_idx=data.indices("train"), valid_idx=valid_idx, valid_mask=valid_mask, state=state,
                timing={"epochs": 0, "epoch_s": 0.0, "data_s": 0.0})
 
@@ -150,17 +152,18 @@ def train_one_epoch(run: Run, data: TRMLData, cfg: TrainConfig, epoch: int) -> t
     torch.manual_seed(derive_seed(cfg.seed, "epoch", epoch))            # dropout
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, "shuffle", epoch))
     perm = run.train_idx[torch.randperm(len(run.train_idx), generator=g)]
-    mask = simulated_mask(run.natural[perm], cfg, derive_seed(cfg.seed, "mask", epoch)).to(run.device)
+    mask = simulated_mask(run.natural[perm], cfg, derive_seed(cfg.seed, "mask", epoch), run.widths)
     run.model.train()
     sums = torch.zeros(3, dtype=torch.float64, device=run.device)
     data_s = time.perf_counter() - t0
     for start in range(0, len(perm), cfg.batch_size):
         td = time.perf_counter()
         idx = perm[start:start + cfg.batch_size]
-        batch, y, m = data.batch(idx), data.y[idx], mask[start:start + cfg.batch_size]
+        batch, y = data.batch(idx), data.y[idx]
+        m, steps = mask_rows(mask, slice(start, start + cfg.batch_size), run.device)
         data_s += time.perf_counter() - td
         with autocast(run.device, run.amp_dtype):
-            o = forward(run.model, run.specs, batch, m)
+            o = forward(run.model, run.specs, batch, m, steps)
         l_task = task_loss(o.pred, y, data.task, cfg.regression_loss)
         l_sml = (sml_loss(o.real, o.virtual, m, cfg.tau, cfg.sml_detach_real) if run.sml
                  else torch.zeros((), device=run.device))
@@ -236,17 +239,33 @@ def write_summary(run: Run, data: TRMLData, model_cfg: ModelConfig, cfg: TrainCo
 @torch.inference_mode()
 def predict(model: torch.nn.Module, data: TRMLData, idx: torch.Tensor, mask: torch.Tensor, batch_size: int,
             amp_dtype: torch.dtype | None = None) -> np.ndarray:
-    """Model outputs for rows idx under mask (len(idx), K): scores (n,) or logits (n, C), float32 numpy."""
+    """Model outputs for rows idx under mask (len(idx), K), or a StepMask of those rows (evaluate.protocol
+    intra): scores (n,) or logits (n, C), float32 numpy."""
     model.eval()
     device = next(model.parameters()).device
     outs = []
     for start in range(0, len(idx), max(batch_size, 256)):
         sl = slice(start, start + max(batch_size, 256))
+        rows_mask, steps = mask_rows(mask, sl, device)
         with autocast(device, amp_dtype):
-            outs.append(forward(model, input_specs(data), data.batch(idx[sl]), mask[sl].to(device)).pred.float().cpu())
+            outs.append(forward(model, input_specs(data), data.batch(idx[sl]), rows_mask, steps).pred.float().cpu())
     if not outs:
         return np.zeros((0,) if data.n_outputs == 1 else (0, data.n_outputs), np.float32)
     return torch.cat(outs).numpy()
+
+
+def mask_rows(mask: torch.Tensor | StepMask, sl: slice, device: torch.device) -> tuple[torch.Tensor, dict | None]:
+    """Rows sl of a mask as forward takes them: the modality mask on `device`, and the step masks of a StepMask
+    (None for a plain mask)."""
+    if isinstance(mask, StepMask):
+        part = mask.rows(sl)
+        return part.modality.to(device), part.steps
+    return mask[sl].to(device), None
+
+
+def sequence_widths(data: TRMLData) -> dict[str, int]:
+    """{sequence modality: T, the width of its data tensor}: the shape of its step masks (trml/missing.py)."""
+    return {m.name: m.x.shape[1] for m in data.modalities if m.kind == "seq"}
 
 
 def check_early_stop_on(key: str, task: str) -> None:
@@ -263,14 +282,20 @@ def train_missing_rate(train_cfg: TrainConfig) -> float | None:
     return None if train_cfg.regime == "lnln" else train_cfg.missing_rate
 
 
-def simulated_mask(natural: torch.Tensor, cfg: TrainConfig, seed: int) -> torch.Tensor:
+def simulated_mask(natural: torch.Tensor, cfg: TrainConfig, seed: int,
+                   widths: dict[str, int] | None = None) -> torch.Tensor | StepMask:
     """The mask of train.regime on rows `natural` (N, K), seeded: an epoch's train rows, or the valid rows once.
     lnln: each row gets its own rate from U(0, 1), train.complete_share of them 0 (LNLN, NeurIPS 2024), drawn
-    from the same seed, so every epoch redraws them; the rate drops whole modalities (LNLN masks within them).
-    Never all of a row's modalities, as drop_at_rate."""
+    from the same seed, so every epoch redraws them. train.lnln_mask modality: the rate drops whole modalities,
+    never all of a row's, as drop_at_rate; intra: it drops steps of the sequence modalities (widths {modality:
+    T}) as LNLN masks tokens and frames, and the modality mask stays the natural one (a StepMask)."""
     rate = train_missing_rate(cfg)
     if rate is None:
         rate = lnln_rates(len(natural), cfg.complete_share, derive_seed(seed, "lnln"))
+        if cfg.lnln_mask == "intra":
+            if widths is None:
+                raise ValueError("train.lnln_mask intra masks steps: give the sequence widths {modality: T}")
+            return StepMask(natural.cpu().bool().clone(), drop_steps_at_rate(len(natural), widths, rate, seed))
     return drop_at_rate(natural, rate, seed)
 
 
