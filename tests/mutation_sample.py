@@ -86,7 +86,7 @@ def equivalent_names() -> set[str]:
     text = BENCHMARKS.read_text()
     section = text[text.index("## Mutation score"):]
     section = section[:section.find("\n## ", 3)]
-    return set(re.findall(r"`((?:\w+\.)+x_\w+__mutmut_\d+)`", section))
+    return set(re.findall(r"`((?:\w+\.)+x[_ǁ]\w+__mutmut_\d+)`", section))   # functions and methods (xǁClassǁ...)
 
 
 def report(per_module: int, modules: str) -> str:

@@ -908,3 +908,11 @@ def test_regimes_set_the_training_rate():
     assert not torch.equal(simulated_mask(natural, lnln, seed=6), once)
     complete_rows = once.all(1).float().mean().item()
     assert 0.25 <= complete_rows < 0.5            # the complete share, plus rows whose own draw dropped nothing
+
+
+def test_model_mmi_picks_the_generator():
+    specs = [InputSpec("text", "emb", 4), InputSpec("vision", "emb", 4), InputSpec("audio", "emb", 4)]
+    concat = TRML(small_model(mmi="concat"), specs, 1).mmi["text"]
+    pairwise = TRML(small_model(mmi="pairwise"), specs, 1).mmi["text"]
+    assert hasattr(concat, "net") and not hasattr(concat, "nets")
+    assert len(pairwise.nets) == 2 and not hasattr(pairwise, "net")          # one translator per source
