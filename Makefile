@@ -48,11 +48,15 @@ demo: dvc-init
 	(changed params or code, or, on another machine, outputs whose bytes differ: audio_librosa, face_mediapipe and \
 	what follows; README, Reproducibility). \`git diff dvc.lock\` shows which; commit it as your run's record."
 
+# The suite on TEST_WORKERS pytest-xdist workers, one test file per worker at a time (a module's fixtures are
+# built once); TEST_WORKERS=0 runs it in one process. tests/conftest.py gives each worker one thread.
+TEST_WORKERS ?= 2
+PYTEST = PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 test: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m 'not slow' $(PYTEST_ARGS)
+	$(PYTEST) -m 'not slow' $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/trml bench

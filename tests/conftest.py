@@ -22,4 +22,14 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
+# `make test` runs the suite on pytest-xdist workers, one per core (TEST_WORKERS). Each worker gets a Prefect
+# home of its own, since two temporary Prefect servers must not share one SQLite database, and one BLAS/torch
+# thread (inherited by the dvc and trml subprocesses it starts), since two workers of two threads each fight
+# over two cores.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    os.environ["PREFECT_HOME"] = str(_CACHE / f"prefect-tests-{_WORKER}")
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(key, "1")
+
 SHARED_MELD = ROOT.parent / "shared" / "data" / "meld"
