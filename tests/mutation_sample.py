@@ -36,7 +36,7 @@ TEST_FILES = {
     "trml.missing": ["test_trml.py", "test_protocols.py"],
     "trml.model": ["test_trml.py", "test_models.py", "test_protocols.py"],
     "trml.stats": ["test_intervals.py", "test_results.py"],
-    "trml.train": ["test_trml.py", "test_results.py", "test_protocols.py"],
+    "trml.train": ["test_trml.py", "test_results.py", "test_protocols.py", "test_training_run.py"],
     "trml.checkpoint": ["test_checkpoint.py", "test_trml.py", "test_results.py"],
     "trml.evaluate": ["test_trml.py", "test_results.py", "test_protocols.py"],
     "trml.compare": ["test_trml.py", "test_results.py", "test_protocols.py"],

@@ -247,10 +247,13 @@ def test_subsets_protocol_masks_are_shared_by_every_variant_and_seed_and_reporte
     assert d["ci95"] and d["ci95_adj"][0] <= d["ci95"][0]
     assert mismatches(tmp_path / "reports" / DS) == []
     headline = json.loads((tmp_path / "metrics" / f"{DS}.json").read_text())
-    assert list(headline) == ["mae_full", "mae_subs", "acc2_full", "acc2_subs", "vs_zf_mae", "vs_zf_lo", "vs_zf_hi",
+    # The names every protocol shares (dvc exp show puts runs of different protocols in the same columns):
+    # r0.0, every enabled modality available, and the protocol's mean.
+    assert list(headline) == ["mae_r0.0", "mae_mean", "acc2_r0.0", "acc2_mean", "vs_zf_mae", "vs_zf_lo", "vs_zf_hi",
                               "rank"]
     assert max(len(k) for k in headline) <= 9                   # dvc exp show in 160 columns
-    assert headline["mae_subs"] == res["variants"]["trml"]["subset_mean"]["mae"]["mean"]
+    assert headline["mae_mean"] == res["variants"]["trml"]["subset_mean"]["mae"]["mean"]
+    assert headline["mae_r0.0"] == res["variants"]["trml"][subsets[-1]]["mae"]["mean"]
     assert headline["vs_zf_mae"] == d["mean"] and "rank" in headline
     md = (tmp_path / "reports" / DS / "results.md").read_text()
     assert "Protocol: subsets" in md and "Training regime: fixed" in md and "| mean(subsets) |" in md
@@ -372,10 +375,13 @@ def test_intra_masks_are_seeded_shared_by_every_variant_and_seed_and_reported(fi
     assert d["ci95"] and d["ci95_adj"][0] <= d["ci95"][0]
     assert mismatches(tmp_path / "reports" / DS) == []
     headline = json.loads((tmp_path / "metrics" / f"{DS}.json").read_text())
-    assert list(headline) == ["mae_i0.0", "mae_i0.9", "mae_iavg", "acc2_i0.0", "acc2_i0.9", "acc2_iavg",
-                              "vs_zf_mae", "vs_zf_lo", "vs_zf_hi", "rank"]
+    # i0.0 drops nothing, so it is r0.0 (the same predictions: test_intra_at_rate_0_predicts_exactly_as_...).
+    # The field reports intra by its mean over the rates (TFR-Net, LNLN); each rate is in results.md.
+    assert list(headline) == ["mae_r0.0", "mae_mean", "acc2_r0.0", "acc2_mean", "vs_zf_mae", "vs_zf_lo", "vs_zf_hi",
+                              "rank"]
     assert max(len(k) for k in headline) <= 9 and len(headline) <= 12
-    assert headline["mae_iavg"] == res["variants"]["trml"]["intra_mean"]["mae"]["mean"] and headline["vs_zf_mae"] == d["mean"]
+    assert headline["mae_r0.0"] == res["variants"]["trml"]["i0.0"]["mae"]["mean"]
+    assert headline["mae_mean"] == res["variants"]["trml"]["intra_mean"]["mae"]["mean"] and headline["vs_zf_mae"] == d["mean"]
     md = (tmp_path / "reports" / DS / "results.md").read_text()
     assert "Protocol: intra" in md and "| mean(i) |" in md and "Every metric at mean(i)" in md
     assert "Protocol: intra" in render_latex(res)
@@ -494,3 +500,27 @@ def test_every_model_trains_and_is_tested_on_token_level_text(tmp_path, variant)
     full = StepMask(mask.modality, {n: torch.ones_like(keep) for n, keep in mask.steps.items()})
     (masked,), (whole,) = predict_masks(model, data, idx, [text_only]), predict_masks(model, data, idx, [full])
     assert torch.isfinite(torch.from_numpy(masked)).all() and not (masked == whole).all()
+
+
+def test_every_protocol_calls_its_no_missing_point_r0_0_and_its_mean_mean():
+    """The headline names that runs of different protocols share in `dvc exp show` (trml/compare.py)."""
+    from trml.compare import headline_name
+    assert [headline_name(c, "rate_mean") for c in ("r0.0", "r0.1", "r0.7", "rate_mean")] == \
+        ["r0.0", "r0.1", "r0.7", "mean"]
+    assert [headline_name(c, "intra_mean") for c in ("i0.0", "i0.1", "i0.9", "intra_mean")] == \
+        ["r0.0", "i0.1", "i0.9", "mean"]
+    assert [headline_name(c, "subset_mean") for c in ("avail_tvaf", "subset_mean")] == ["r0.0", "mean"]
+
+
+def test_each_sequence_modality_draws_its_own_step_mask():
+    """Two modalities of the same width are not masked alike (each draws from (seed, its name))."""
+    from trml.missing import drop_steps_at_rate
+    masks = drop_steps_at_rate(50, {"vision": 8, "audio": 8}, 0.5, seed=3)
+    assert not torch.equal(masks["vision"], masks["audio"])
+    assert torch.equal(drop_steps_at_rate(50, {"audio": 8}, 0.5, seed=3)["audio"], masks["audio"])
+
+
+def test_an_intra_condition_without_sequence_widths_says_what_to_give():
+    from trml.missing import mask_for
+    with pytest.raises(ValueError, match=r"condition 'i0\.3' masks steps; give the sequence widths"):
+        mask_for(torch.ones(4, 2, dtype=torch.bool), ["text", "vision"], "i0.3", 0)

@@ -146,9 +146,9 @@ def test_a_subsets_comparison_writes_its_method_headline_ranks_and_tables(tmp_pa
     assert len({tuple(order) for order in res["ranks"].values()}) > 1     # the ranks differ between subsets
     zf = res["differences"]["zero_fill"]["subset_mean"]["mae"]
     headline = json.loads((tmp_path / "metrics" / f"{DS}.json").read_text())
-    assert headline == {"mae_full": trml["avail_tvaf"]["mae"]["mean"], "mae_subs": trml["subset_mean"]["mae"]["mean"],
-                        "acc2_full": trml["avail_tvaf"]["acc2_non0"]["mean"],
-                        "acc2_subs": trml["subset_mean"]["acc2_non0"]["mean"], "vs_zf_mae": zf["mean"],
+    assert headline == {"mae_r0.0": trml["avail_tvaf"]["mae"]["mean"], "mae_mean": trml["subset_mean"]["mae"]["mean"],
+                        "acc2_r0.0": trml["avail_tvaf"]["acc2_non0"]["mean"],
+                        "acc2_mean": trml["subset_mean"]["acc2_non0"]["mean"], "vs_zf_mae": zf["mean"],
                         "vs_zf_lo": zf["ci95_adj"][0], "vs_zf_hi": zf["ci95_adj"][1],
                         "rank": float(res["ranks"]["subset_mean"].index("trml") + 1)}
     predictions = pq.read_schema(tmp_path / "reports" / DS / "predictions.parquet")

@@ -4,6 +4,7 @@ Fixture tables are written with features.store (the real writer, real schema and
 naturally missing rows of several statuses; the manifest follows the adapters' contract.
 """
 import json
+import logging
 import math
 import zipfile
 from pathlib import Path
@@ -470,13 +471,21 @@ def test_device_parameter_forced_to_cpu_and_cuda_without_a_gpu(data, fixture_dir
 
 # ---------------------------------------------------------------- evaluate and compare
 
-def test_evaluate_writes_every_rate_and_pattern(fixture_dir, tmp_path):
+def test_evaluate_writes_every_rate_and_pattern(fixture_dir, tmp_path, monkeypatch, caplog):
+    import matplotlib.pyplot as plt
     from trml.evaluate import StaleModelError, evaluate
     from trml.train import train
     mc, tc = small_model(), small_train(epochs=2)
     ec = EvaluateConfig(test_missing_rates=[0.0, 0.3, 0.7], mask_draws=2)
     train(DS, mc, tc, fixture_dir, tmp_path / "models", plots_dir=tmp_path / "plots")
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)                     # the figure as it is saved
+    caplog.set_level(logging.INFO, logger="trml.evaluate")
     res = evaluate(DS, mc, tc, ec, fixture_dir, tmp_path / "models", tmp_path / "reports", tmp_path / "plots")
+    assert f"wrote {tmp_path / 'reports' / DS / 'evaluate.json'}" in caplog.text
+    # The plot draws the test numbers of evaluate.json, one point per rate.
+    mae = next(ax for ax in drawn[0].axes if ax.get_title() == "mae")
+    assert list(mae.get_lines()[0].get_ydata()) == [res["test"][r]["mae"] for r in ("r0.0", "r0.3", "r0.7")]
     on_disk = json.loads((tmp_path / "reports" / DS / "evaluate.json").read_text())
     assert on_disk == res and list(res) == ["test", "valid"]
     conds = ["r0.0", "r0.3", "r0.7", "miss_text", "miss_vision", "miss_audio", "miss_face"]
@@ -487,7 +496,10 @@ def test_evaluate_writes_every_rate_and_pattern(fixture_dir, tmp_path):
             assert 0.0 <= m["acc2_has0"] <= 1.0 and m["mae"] >= 0
     lineage = json.loads((tmp_path / "reports" / DS / "evaluate_lineage.json").read_text())
     assert lineage["trml"]["provenance"]["modalities"]["face"]["weights_id"] == "face-weights:v1"
-    assert (tmp_path / "plots" / DS / "missing_rate.png").read_bytes()[:4] == b"\x89PNG"
+    assert lineage["trml"]["evaluate"]["test_missing_rates"] == [0.0, 0.3, 0.7]
+    png = (tmp_path / "plots" / DS / "missing_rate.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and b"Software" not in png        # no version stamp: same numbers, same bytes
+    assert b"\r" not in (tmp_path / "plots" / DS / "missing_rate.csv").read_bytes()     # one line ending everywhere
     table = (tmp_path / "plots" / DS / "missing_rate.csv").read_text().splitlines()
     assert table[0] == "rate,acc2_has0,f1_has0,acc2_non0,f1_non0,acc7,acc5,corr,mae" and [r.split(",")[0] for r in table[1:]] == ["0.0", "0.3", "0.7"]
     assert (tmp_path / "plots" / DS / "train_trml.csv").is_file()
@@ -823,6 +835,20 @@ def test_the_head_is_not_linear_in_the_fused_representation():
     a, b = torch.randn(5, 32), torch.randn(5, 32)
     head = model.head
     assert not torch.allclose(head(a + b), head(a) + head(b) - head(torch.zeros_like(a)), atol=1e-4)
+
+
+def test_each_pairwise_translator_has_model_mmi_layers_layers():
+    for layers in (1, 2, 3):
+        for net in TRML(small_model(mmi="pairwise", mmi_layers=layers), SPECS, 1, "trml").mmi["text"].nets:
+            assert sum(isinstance(m, torch.nn.Linear) for m in net) == layers
+
+
+def test_an_lstm_encoder_reads_its_final_hidden_state():
+    """model.rnn: lstm returns (h_n, c_n); the representation is h_n, as a GRU's."""
+    torch.manual_seed(0)
+    model = TRML(small_model(rnn="lstm"), SPECS, 1, "trml").eval()
+    out = model(_inputs(), torch.ones(8, 3, dtype=torch.bool))
+    assert out.pred.shape == (8,) and torch.isfinite(out.pred).all() and out.real.shape == (8, 3, 16)
 
 
 def test_mmi_exists_for_two_modalities_and_never_for_zero_fill():
