@@ -179,6 +179,22 @@ def test_experiments_show_params_and_metrics(project):
     rows = [line for line in lines if "alpha-0" in line or "alpha-1" in line]
     assert len(rows) == 2 and all("…" not in line[:end] for line in rows + [head]), shown
 
+    # The test protocols side by side, as a user compares them: each row says its protocol, and its numbers sit
+    # in the columns every protocol shares (r0.0, the protocol's mean, vs_zf_*), so nothing is folded away.
+    run(["dvc", "exp", "remove", "alpha-0", "alpha-1"], project)
+    for protocol in ("intra", "subsets"):
+        run(["dvc", "exp", "run", "-n", protocol, "-S", f"evaluate.protocol={protocol}"], project)
+    shown = run(["dvc", "exp", "show", "--only-changed", "--no-pager"], project,
+                env={"COLUMNS": "160", "LINES": "50"}).stdout
+    lines = shown.splitlines()
+    head = next(line for line in lines if "Experiment" in line)
+    end = head.index("evaluate.protocol") + len("evaluate.protocol")
+    for key in ("mae_mean", "acc2_mean", "vs_zf_mae", "vs_zf_lo", "vs_zf_hi"):
+        assert key in head[:end], shown
+    for protocol in ("intra", "subsets"):
+        row = next(line for line in lines if f"[{protocol}]" in line)
+        assert "…" not in row[:end] and row[:end + 2].rstrip().endswith(protocol), shown
+
 
 def test_local_remote_round_trip_skips_extraction(project, tmp_path):
     remote = tmp_path / "remote"

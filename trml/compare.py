@@ -47,7 +47,7 @@ from trml.data import DataError, TRMLData, load_dataset
 from trml.evaluate import (averaged, condition_masks, conditions, is_rate, lineage, load_model, plot_vs_rate,
                            predict_masks, x_label)
 from trml.metrics import DECIMALS, HEADLINE, LOWER_IS_BETTER, metric_keys
-from trml.missing import INTRA_MEAN, RATE_MEAN, SUBSET_MEAN, derive_seed, rate_key
+from trml.missing import RATE_MEAN, SUBSET_MEAN, condition_rate, derive_seed, rate_key
 from trml.registry import TRML_VARIANTS, model_class
 from trml.report import render_markdown
 from trml.stats import CI_LEVEL, CORRECTION, METHOD, PairedBootstrap, seed_values, simultaneous, summarize
@@ -61,9 +61,12 @@ REFERENCE = "upper_bound"
 # (zero_fill is the ablation that isolates MMI), and, when other models than trml's ablations are compared,
 # trml's rank among all of them on that average (`rank`, 1 = best; every pairwise interval is in results.md).
 # Flat, with short names, so that `dvc exp show --only-changed` fits them all in a 160-column terminal
-# (a "trml." prefix on each would push them off): metric key -> its short name. Under evaluate.protocol subsets
-# the two points are all enabled modalities available (<short>_full) and the mean over the subsets (<short>_subs);
-# under intra, trml at the first and last step-masking rates (<short>_i0.0, ...) and their mean (<short>_iavg).
+# (a "trml." prefix on each would push them off): metric key -> its short name. Every protocol shares two names,
+# so that runs of different protocols fit side by side: <short>_r0.0, the condition with nothing dropped (r0.0;
+# intra's i0.0 and the subset of every enabled modality predict exactly that), and <short>_mean, the mean over the
+# protocol's conditions (rate_mean, intra_mean or subset_mean: read it with evaluate.protocol, as vs_zf_*). Only
+# the modality protocol adds its highest rate (<short>_r0.7); intra and subsets are reported by their mean, as
+# TFR-Net, LNLN and MoMKE do, and each condition is in results.md.
 HEADLINE_METRICS = {"regression": {"mae": "mae", "acc2_non0": "acc2"}, "classification": {"wf1": "wf1", "acc": "acc"}}
 
 
@@ -190,17 +193,13 @@ def headline(results: dict, rates: list[str]) -> dict:
     task, trml = results["task"], results["variants"]["trml"]
     mean = next(iter(results.get("mean_of", {RATE_MEAN: rates})))
     out = {}
+    if mean == RATE_MEAN:
+        points = [rates[0], rates[-1], mean]
+    else:   # intra, subsets: the point with nothing dropped (the last subset has every modality), and the mean
+        points = [rates[-1] if mean == SUBSET_MEAN else rates[0], mean]
     for key, short in HEADLINE_METRICS[task].items():
-        if mean == SUBSET_MEAN:                  # rates are the subsets; the last one has every modality
-            points = ((rates[-1], f"{short}_full"), (SUBSET_MEAN, f"{short}_subs"))
-        elif mean == INTRA_MEAN:                 # its own names, so a column of dvc exp show is one protocol's
-            points = ((rates[0], f"{short}_{rates[0]}"), (rates[-1], f"{short}_{rates[-1]}"),
-                      (INTRA_MEAN, f"{short}_iavg"))
-        else:
-            points = ((rates[0], f"{short}_{rates[0]}"), (rates[-1], f"{short}_{rates[-1]}"),
-                      (RATE_MEAN, f"{short}_mean"))
-        for cond, name in points:
-            out[name] = trml[cond][key]["mean"]
+        for cond in points:
+            out[f"{short}_{headline_name(cond, mean)}"] = trml[cond][key]["mean"]
     main = HEADLINE[task]
     diff = results["differences"].get("zero_fill", {}).get(mean, {}).get(main)
     if diff is not None:
@@ -210,6 +209,16 @@ def headline(results: dict, rates: list[str]) -> dict:
     if any(v not in TRML_VARIANTS for v in ranking):    # other models than trml's ablations: where trml stands
         out["rank"] = float(ranking.index("trml") + 1) if "trml" in ranking else None
     return out
+
+
+def headline_name(cond: str, mean: str) -> str:
+    """A condition's name in the headline: "r0.0" wherever nothing is dropped (r0.0, i0.0, the subset of every
+    enabled modality), "mean" for the protocol's mean, the condition itself otherwise ("r0.7", "i0.9")."""
+    if cond == mean:
+        return "mean"
+    if mean == SUBSET_MEAN or condition_rate(cond) == 0.0:
+        return rate_key(0.0)
+    return cond
 
 
 def write_predictions(preds: dict[str, dict[str, np.ndarray]], ids: np.ndarray, truth: np.ndarray,
@@ -241,10 +250,10 @@ def write_predictions(preds: dict[str, dict[str, np.ndarray]], ids: np.ndarray, 
 
 
 def write_variant_tables(results: dict, rates: list[str], keys: tuple[str, ...], folder: Path,
-                         ref_at: str = "r0.0") -> None:
+                         ref_at: str) -> None:
     """One CSV per metric, long format: variant, rate, mean, sd, lo, hi (lo/hi = mean -+ sd; a DVC plot
-    coloured by variant, with a band). The reference appears once, at rate 0.0 (protocol subsets: the rate
-    column holds the subset, and the reference sits at the full one)."""
+    coloured by variant, with a band). The reference appears once, at `ref_at`: rate 0.0 (protocol subsets: the
+    rate column holds the subset, and the reference sits at the full one)."""
     for key in keys:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
