@@ -181,13 +181,18 @@ def test_experiments_show_params_and_metrics(project):
 
     # The test protocols side by side, as a user compares them: each row says its protocol, and its numbers sit
     # in the columns every protocol shares (r0.0, the protocol's mean, vs_zf_*), so nothing is folded away.
+    # From the committed run: an experiment leaves its params and outputs in the workspace, and the next one
+    # starts from there.
     run(["dvc", "exp", "remove", "alpha-0", "alpha-1"], project)
+    run(["git", "checkout", "--", "params.yaml", "dvc.lock"], project)
+    run(["dvc", "checkout", "-q"], project)
     for protocol in ("intra", "subsets"):
         run(["dvc", "exp", "run", "-n", protocol, "-S", f"evaluate.protocol={protocol}"], project)
     shown = run(["dvc", "exp", "show", "--only-changed", "--no-pager"], project,
                 env={"COLUMNS": "160", "LINES": "50"}).stdout
     lines = shown.splitlines()
     head = next(line for line in lines if "Experiment" in line)
+    assert "evaluate.protocol" in head, shown
     end = head.index("evaluate.protocol") + len("evaluate.protocol")
     for key in ("mae_mean", "acc2_mean", "vs_zf_mae", "vs_zf_lo", "vs_zf_hi"):
         assert key in head[:end], shown
