@@ -34,8 +34,12 @@ class Terminal(io.StringIO):
 def terminal(monkeypatch) -> Terminal:
     """Make stderr (where tqdm writes) a terminal; returns what the progress bar shows there. Called in the test
     body: pytest's capture resets sys.stderr between a fixture's setup and the test."""
+    import tqdm
     term = Terminal()
     monkeypatch.setattr(sys, "stderr", term)
+    # No monitor thread: a bar shown in this process would otherwise leave one running, and a process forked
+    # from it later (mutmut forks one per mutant) can hang on the lock that thread holds.
+    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
     return term
 
 
