@@ -14,16 +14,7 @@ from trml.data import load_dataset
 
 @pytest.fixture(scope="module")
 def fixture_dir(tmp_path_factory):
-    return write_fixture(tmp_path_factory.mktemp("train_survivors"))
-
-
-@pytest.fixture(scope="module")
-def trained(fixture_dir, tmp_path_factory):
-    """One 1-epoch `trml train` run with train.memmap_dir set: (its run folder, its memmap folder)."""
-    from trml.train import train
-    root = tmp_path_factory.mktemp("train_run")
-    train(DS, small_model(), small_train(epochs=1, memmap_dir=str(root / "mm")), fixture_dir, root / "models")
-    return root / "models" / DS / "trml", root / "mm"
+    return write_fixture(tmp_path_factory.mktemp("training_run"))
 
 
 class Terminal(io.StringIO):
@@ -56,17 +47,16 @@ def test_patience_counts_the_epochs_since_the_last_improvement():
     assert state["best_epoch"] == 2
 
 
-def test_the_summary_of_a_training_run_names_its_dataset(trained):
-    """summary.json, written by `trml train`, says which dataset the run trained on."""
-    out, _ = trained
-    summary = json.loads((out / "summary.json").read_text())
+def test_a_train_run_writes_its_summary_and_keeps_its_tensors_in_train_memmap_dir(fixture_dir, tmp_path):
+    """`trml train`: summary.json says which dataset the run trained on, and with train.memmap_dir the dataset's
+    feature tensors are .npy files in <memmap_dir>/<dataset>. One test, so that whatever runs train() checks both
+    (mutmut runs only the tests that call the mutated function)."""
+    from trml.train import train
+    train(DS, small_model(), small_train(epochs=1, memmap_dir=str(tmp_path / "mm")), fixture_dir, tmp_path / "models")
+    summary = json.loads((tmp_path / "models" / DS / "trml" / "summary.json").read_text())
     assert summary.get("dataset") == DS, sorted(summary)
-
-
-def test_train_memmap_dir_holds_the_feature_tensors_of_the_run(trained):
-    """train.memmap_dir: `trml train` keeps the dataset's feature tensors as .npy files in <memmap_dir>/<dataset>."""
-    _, mm = trained
-    names = sorted(p.name for p in (mm / DS).iterdir()) if (mm / DS).is_dir() else []
+    mm = tmp_path / "mm" / DS
+    names = sorted(p.name for p in mm.iterdir()) if mm.is_dir() else []
     assert names == [f"{DS}.{s}.npy" for s in
                      ("audio_librosa", "face_mediapipe", "text_minilm", "vision_clip")], names
 
