@@ -145,6 +145,12 @@ def test_face_param_reruns_only_face_extraction_and_downstream(project):
     assert not {s for s in stages if s.startswith(("sample", "index"))}
 
 
+def restore_committed_run(project: Path) -> None:
+    """The workspace as the last commit has it: an experiment leaves its params and outputs behind."""
+    run(["git", "checkout", "--", "params.yaml", "dvc.lock"], project)
+    run(["dvc", "checkout", "-q"], project)
+
+
 def test_experiments_show_params_and_metrics(project):
     # As after `make demo`: the run's dvc.lock is committed (the README says so), then experiments start.
     run(["git", "add", "-A"], project)
@@ -184,8 +190,7 @@ def test_experiments_show_params_and_metrics(project):
     # From the committed run: an experiment leaves its params and outputs in the workspace, and the next one
     # starts from there.
     run(["dvc", "exp", "remove", "alpha-0", "alpha-1"], project)
-    run(["git", "checkout", "--", "params.yaml", "dvc.lock"], project)
-    run(["dvc", "checkout", "-q"], project)
+    restore_committed_run(project)
     for protocol in ("intra", "subsets"):
         run(["dvc", "exp", "run", "-n", protocol, "-S", f"evaluate.protocol={protocol}"], project)
     shown = run(["dvc", "exp", "show", "--only-changed", "--no-pager"], project,
@@ -199,6 +204,7 @@ def test_experiments_show_params_and_metrics(project):
     for protocol in ("intra", "subsets"):
         row = next(line for line in lines if f"[{protocol}]" in line)
         assert "…" not in row[:end] and row[:end + 2].rstrip().endswith(protocol), shown
+    restore_committed_run(project)          # the module's later tests start from it too
 
 
 def test_local_remote_round_trip_skips_extraction(project, tmp_path):
