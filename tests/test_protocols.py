@@ -524,3 +524,17 @@ def test_an_intra_condition_without_sequence_widths_says_what_to_give():
     from trml.missing import mask_for
     with pytest.raises(ValueError, match=r"condition 'i0\.3' masks steps; give the sequence widths"):
         mask_for(torch.ones(4, 2, dtype=torch.bool), ["text", "vision"], "i0.3", 0)
+
+
+def test_the_subset_of_every_modality_is_the_r0_0_condition(fixture_dir):
+    """Why a subsets run may call its full subset mae_r0.0: its mask is r0.0's (nothing dropped), and a smaller
+    subset's is not."""
+    from trml.config import EvaluateConfig
+    from trml.evaluate import condition_masks
+    from trml.missing import subset_names
+    data = load_dataset(DS, small_model(), fixture_dir)
+    subsets = subset_names(data.names)
+    masks = condition_masks(data, "test", [subsets[-1], subsets[-2], "r0.0"], EvaluateConfig(protocol="subsets"))
+    assert len(masks[subsets[-1]]) == len(masks["r0.0"]) == 1
+    assert torch.equal(masks[subsets[-1]][0], masks["r0.0"][0])
+    assert not torch.equal(masks[subsets[-2]][0], masks["r0.0"][0])
